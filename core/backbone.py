@@ -1,0 +1,224 @@
+"""The backbone contract: what a backbone plugin's model, tokenizer and preprocessing provide.
+
+The trainer, evaluator, inference and exporters depend only on this module. The API mirrors
+open_clip's ``CLIP`` (``encode_image`` / ``encode_text`` / ``get_logits`` / ``lock_*_tower`` /
+``set_grad_checkpointing``) so open_clip users recognise it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@attrs.frozen(kw_only=True)
+class PreprocessSpec:
+    """How an image becomes the model's input tensor; the data layer and the export sidecar use it.
+
+    Pixels are RGB scaled to [0, 1], resized, then normalised with ``(x - mean) / std``.
+    ``resize_mode``: ``squash`` resizes to (height, width) ignoring aspect; ``shortest`` resizes the
+    shortest side to the target then centre-crops (height, width).
+    """
+
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_mode: Literal["squash", "shortest"]
+    interpolation: Literal["bilinear", "bicubic"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "mean": list(self.mean), "std": list(self.std),
+                "channel_order": "RGB", "scale": 1 / 255}
+
+
+@attrs.frozen(kw_only=True)
+class TextSpec:
+    """The tokenisation rules a runtime needs to reproduce ``Tokenizer.__call__`` exactly.
+
+    ``mask_policy`` is ``none``: every family here encodes text without a padding mask (the
+    exported ``attention_mask`` input, when kept, is ignored). ``pooling`` documents which token
+    the text tower pools (``last``, ``eos``, ``first``).
+    """
+
+    context_length: int
+    pad_id: int
+    padding_side: Literal["right", "left"] = "right"
+    lowercase: bool = False
+    canonicalize: bool = False
+    strip_sep_token: bool = False
+    mask_policy: Literal["none"] = "none"
+    pooling: str = "last"
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Strings to fixed-length token ids.
+
+    ``__call__(texts)`` returns an int64 tensor ``[len(texts), spec.context_length]`` for any
+    input (empty, very long, non-ASCII), applying the family's canonicalisation, special tokens,
+    truncation and padding. ``save_pretrained(directory)`` writes a Hugging Face tokenizer
+    directory that, with ``spec``, reproduces the same ids without clipcore.
+    """
+
+    spec: TextSpec
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def save_pretrained(self, directory: str) -> None: ...
+
+
+class ClipModel(nn.Module):
+    """Base class of every backbone plugin's model.
+
+    A subclass sets, in ``__init__``:
+
+    - ``vision_tower`` / ``text_tower``: the two towers as submodules (projection heads
+      included); everything else that is trainable (``logit_scale``, ``logit_bias``) is "other";
+    - ``logit_scale``: ``nn.Parameter`` of shape ``[]`` in log space; ``logit_bias``:
+      ``nn.Parameter`` of shape ``[]`` or ``None`` (CLIP-style models without a bias);
+    - ``model_type``, ``embed_dim``, ``tokenizer`` (a :class:`Tokenizer`), ``preprocess``
+      (a :class:`PreprocessSpec`);
+    - ``export_refusal``: ``None`` if the model exports to ONNX, else the reason it cannot;
+    - ``fsdp_wrap_classes``: the module classes FSDP shards as units (one per transformer block).
+
+    and implements ``image_features``, ``text_features`` (unnormalised ``[B, embed_dim]``),
+    ``vision_blocks`` / ``text_blocks`` (the ordered transformer blocks, for partial unlocking)
+    and ``set_grad_checkpointing``. The base class provides the rest of the API.
+    """
+
+    model_type: str
+    embed_dim: int
+    tokenizer: Tokenizer
+    preprocess: PreprocessSpec
+    vision_tower: nn.Module
+    text_tower: nn.Module
+    logit_scale: nn.Parameter
+    logit_bias: nn.Parameter | None
+    export_refusal: str | None = None
+    fsdp_wrap_classes: tuple[type[nn.Module], ...] = ()
+
+    # -- implemented by plugins ---------------------------------------------------------
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def vision_blocks(self) -> Sequence[nn.Module]:
+        raise NotImplementedError
+
+    def text_blocks(self) -> Sequence[nn.Module]:
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        raise NotImplementedError
+
+    # -- provided -----------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.image_features(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.text_features(input_ids)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image: torch.Tensor | None = None,
+                text: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        """Normalised features of whichever inputs are given, the exponentiated logit scale and the bias."""
+        return {
+            "image_features": self.encode_image(image, normalize=True) if image is not None else None,
+            "text_features": self.encode_text(text, normalize=True) if text is not None else None,
+            "logit_scale": self.logit_scale.exp(),
+            "logit_bias": self.logit_bias,
+        }
+
+    def get_logits(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self(image, text)
+        logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+        if out["logit_bias"] is not None:
+            logits = logits + out["logit_bias"]
+        return logits, logits.T
+
+    def lock_image_tower(self, unlocked_groups: int = 0) -> None:
+        """Freeze the image tower except its last ``unlocked_groups`` blocks."""
+        _lock(self.vision_tower, self.vision_blocks(), unlocked_groups)
+
+    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
+        """Freeze the text tower except its last ``unlocked_layers`` blocks."""
+        _lock(self.text_tower, self.text_blocks(), unlocked_layers)
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Trainable parameters by group: ``vision``, ``text`` and ``other`` (logit scale/bias)."""
+        vision = {id(p) for p in self.vision_tower.parameters()}
+        text = {id(p) for p in self.text_tower.parameters()}
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"vision": [], "text": [], "other": []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                key = "vision" if id(p) in vision else "text" if id(p) in text else "other"
+                groups[key].append((name, p))
+        return groups
+
+    def train(self, mode: bool = True) -> "ClipModel":
+        """Like ``nn.Module.train``, but fully frozen modules stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                params = list(module.parameters(recurse=True))
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
+
+
+def _lock(tower: nn.Module, blocks: Sequence[nn.Module], unlocked: int) -> None:
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    if unlocked > 0:
+        for block in list(blocks)[-unlocked:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+    tower.train(tower.training)
+
+
+def init_logit_params(scale: float, bias: float | None) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """Fresh ``logit_scale`` (log space) and ``logit_bias`` parameters of shape ``[]``."""
+    return (nn.Parameter(torch.tensor(float(scale))),
+            None if bias is None else nn.Parameter(torch.tensor(float(bias))))
+
+
+LN_10 = math.log(10.0)
+LN_INV_007 = math.log(1 / 0.07)
+
+
+@attrs.frozen(kw_only=True)
+class BackboneFamily:
+    """What ``register_backbones`` registers: one model family and the ``model.type`` names it builds.
+
+    - ``name``: the family's name (``siglip2``); unique across plugins.
+    - ``types``: the exact ``model.type`` names it builds.
+    - ``build(cfg) -> ClipModel``: builds the model for ``cfg.model.type`` from the whole
+      :class:`core.config.ExperimentConfig`. ``cfg.model.pretrained`` says where weights come from
+      (``True``: the type's published weights, found offline first; ``False``: random init with
+      ``cfg.model.init_logit_*``; a string: a local path, HF id or open_clip tag). Missing weights raise
+      :class:`core.errors.ClipcoreError` naming every place looked and the ways to provide them.
+    - ``tiny(model_type) -> ClipModel``: a random-weight model of that type's architecture at a tiny
+      size (CPU forward well under a second), used by the conformance kit.
+    - ``matches(model_type) -> bool``: optional, for open-ended names (``openclip:ViT-B-32``).
+    - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
+    """
+
+    name: str
+    types: tuple[str, ...]
+    build: Callable[[Any], ClipModel]
+    tiny: Callable[[str], ClipModel]
+    description: str = ""
+    matches: Callable[[str], bool] | None = None
+    config_sections: tuple[Any, ...] = ()

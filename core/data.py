@@ -1,0 +1,83 @@
+"""The dataset-format contract: what ``register_dataset_formats`` registers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import attrs
+import torch
+
+
+@attrs.frozen(kw_only=True)
+class DataRequest:
+    """Everything a format needs to build a loader for one rank.
+
+    ``transform`` turns a PIL image into the model's input tensor (train augmentation or eval
+    transform, built from the backbone's preprocessing spec); ``tokenizer`` is the backbone's.
+    ``bad_samples`` records skipped samples (``record(path, reason)``) and enforces
+    ``dataset.on_bad_sample``.
+    """
+
+    config: Any                      # core.config.ExperimentConfig
+    transform: Callable[[Any], torch.Tensor]
+    tokenizer: Any                   # core.backbone.Tokenizer
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    num_workers: int = 0
+    bad_samples: Any = None          # a bad-sample log from the data layer
+    results_dir: str | None = None
+
+
+class BatchLoader(Protocol):
+    """An epoch-aware, resumable iterable of batches for one rank.
+
+    A batch is a dict: ``image`` float ``[B, 3, H, W]``, ``input_ids`` int64 ``[B, L]``, ``key``
+    list of ``B`` sample keys. ``len()`` is the number of batches this rank yields per epoch (the
+    same on every rank; ``drop_last``); ``num_samples`` the samples per epoch over all ranks.
+    Order depends only on (seed, epoch): ``set_epoch`` before iterating. ``state_dict()`` taken
+    after k batches and restored with ``load_state_dict`` makes the next iteration continue at
+    batch k of the same epoch.
+    """
+
+    num_samples: int
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class RetrievalSet:
+    """An evaluation set: images, captions, and which image each caption describes.
+
+    ``image_paths[i]`` is image ``i``; ``captions[j]`` describes image ``caption_image[j]`` (an
+    image may have several captions). ``load_image(i)`` returns the transformed image tensor or
+    ``None`` for an unreadable image (recorded as a bad sample).
+    """
+
+    image_paths: Sequence[str]
+    captions: Sequence[str]
+    caption_image: Sequence[int]
+    load_image: Callable[[int], torch.Tensor | None]
+
+
+@attrs.frozen(kw_only=True)
+class DatasetFormat:
+    """A dataset format, selected by ``dataset.train.type`` / ``dataset.val.type``.
+
+    - ``name``: the format's name; unique across plugins.
+    - ``build(request) -> BatchLoader``: the training loader for one rank (see :class:`BatchLoader`).
+    - ``retrieval(request) -> RetrievalSet``: optional; the validation/evaluation set built from
+      ``dataset.val``. Formats without it cannot be used for validation.
+    - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
+    """
+
+    name: str
+    build: Callable[[DataRequest], BatchLoader]
+    retrieval: Callable[[DataRequest], RetrievalSet] | None = None
+    description: str = ""
+    config_sections: tuple[Any, ...] = ()

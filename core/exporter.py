@@ -1,0 +1,67 @@
+"""The exporter and engine-builder contracts, and the runner both hand back for deploy-time work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import attrs
+import numpy as np
+
+
+class Runner(Protocol):
+    """A deployed model (ONNX Runtime session, TensorRT engine) that computes embeddings.
+
+    ``has_vision`` / ``has_text`` say which towers are loaded. ``encode_images(paths)`` and
+    ``encode_texts(texts)`` return L2-normalised float32 ``[N, D]`` arrays, doing preprocessing and
+    tokenisation from the sidecars alone. ``max_batch`` is the largest batch one call may run.
+    """
+
+    has_vision: bool
+    has_text: bool
+    max_batch: int | None
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray: ...
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@attrs.frozen(kw_only=True)
+class Exporter:
+    """What ``register_exporters`` registers.
+
+    - ``name``: the exporter's name (``onnx``); unique across plugins.
+    - ``export(model, cfg) -> list[Path]``: writes the model (a :class:`core.backbone.ClipModel`)
+      as ``cfg.export`` asks, with its sidecars, and returns the written model files. Refuses
+      models whose ``export_refusal`` is set, and existing outputs unless ``cfg.export.force``.
+    - ``suffixes``: file suffixes of its artifacts (``.onnx``).
+    - ``open_runner(path) -> Runner``: optional; loads an artifact (or the base path of a separate
+      export) for deploy-time evaluate/inference.
+    """
+
+    name: str
+    export: Callable[[Any, Any], list[Path]]
+    suffixes: tuple[str, ...]
+    open_runner: Callable[[Path], Runner] | None = None
+    description: str = ""
+    config_sections: tuple[Any, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class EngineBuilder:
+    """What ``register_engine_builders`` registers.
+
+    - ``name``: the builder's name (``tensorrt``); unique across plugins.
+    - ``unavailable() -> str | None``: why it cannot run on this machine (library or GPU
+      missing), or ``None``.
+    - ``build(cfg) -> list[Path]``: builds engines as ``cfg.gen_trt_engine`` asks (both towers
+      for a separate export's base path) and copies the sidecars beside them.
+    - ``suffixes``: engine file suffixes; ``open_runner(path) -> Runner`` loads one.
+    """
+
+    name: str
+    unavailable: Callable[[], str | None]
+    build: Callable[[Any], list[Path]]
+    suffixes: tuple[str, ...]
+    open_runner: Callable[[Path], Runner] | None = None
+    description: str = ""
+    config_sections: tuple[Any, ...] = ()
