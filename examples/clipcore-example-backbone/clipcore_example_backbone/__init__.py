@@ -1,0 +1,1 @@
+"""An example third-party clipcore backbone plugin (model type ``example-tiny``)."""

@@ -1,0 +1,128 @@
+"""The ``example-tiny`` family: a conv image tower and a transformer text tower.
+
+Small enough to train on a CPU in seconds; built only on the public ``core`` API.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from core import hookimpl
+from core.backbone import (LN_10, BackboneFamily, ClipModel, PreprocessSpec, TextSpec,
+                           init_logit_params)
+
+CONTEXT_LENGTH = 32
+PAD, EOS = 0, 1
+BYTE_OFFSET = 2  # ids 2..257 are the bytes of the UTF-8 text
+
+
+class ByteTokenizer:
+    """Lower-cased UTF-8 bytes, EOS appended (kept on truncation), right-padded with PAD."""
+
+    spec = TextSpec(context_length=CONTEXT_LENGTH, pad_id=PAD, lowercase=True, pooling="eos")
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        out = torch.full((len(texts), CONTEXT_LENGTH), PAD, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = [b + BYTE_OFFSET for b in text.lower().encode("utf-8")][: CONTEXT_LENGTH - 1] + [EOS]
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def save_pretrained(self, directory: str) -> None:
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        vocab = {"<pad>": PAD, "</s>": EOS}
+        vocab.update({ch: byte + BYTE_OFFSET for byte, ch in bytes_to_unicode().items()})
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
+        PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                model_max_length=CONTEXT_LENGTH).save_pretrained(directory)
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.GELU())
+
+
+class TinyClip(ClipModel):
+    fsdp_wrap_classes = (ConvBlock, nn.TransformerEncoderLayer)
+
+    def __init__(self, model_type: str, *, width: int = 32, embed_dim: int = 32, image_size: int = 32,
+                 logit_scale: float = LN_10, logit_bias: float | None = -10.0):
+        super().__init__()
+        self.model_type, self.embed_dim = model_type, embed_dim
+        self.tokenizer = ByteTokenizer()
+        self.preprocess = PreprocessSpec(height=image_size, width=image_size, mean=(0.5, 0.5, 0.5),
+                                         std=(0.5, 0.5, 0.5), resize_mode="squash", interpolation="bilinear")
+        self.vision_tower = nn.ModuleDict({
+            "blocks": nn.Sequential(ConvBlock(3, width), ConvBlock(width, width), ConvBlock(width, width)),
+            "proj": nn.Linear(width, embed_dim),
+        })
+        layer = lambda: nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+        self.text_tower = nn.ModuleDict({
+            "embed": nn.Embedding(256 + BYTE_OFFSET, width),
+            "pos": nn.Embedding(CONTEXT_LENGTH, width),
+            "blocks": nn.ModuleList([layer(), layer()]),
+            "proj": nn.Linear(width, embed_dim),
+        })
+        self.logit_scale, self.logit_bias = init_logit_params(logit_scale, logit_bias)
+        self.grad_checkpointing = False
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training:
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = images
+        for block in self.vision_tower["blocks"]:
+            x = self._run(block, x)
+        return self.vision_tower["proj"](x.mean(dim=(2, 3)))
+
+    def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = self.text_tower
+        x = t["embed"](input_ids) + t["pos"].weight[: input_ids.shape[1]]
+        for block in t["blocks"]:
+            x = self._run(block, x)
+        eos = (input_ids == EOS).int().argmax(dim=1)
+        return t["proj"](x[torch.arange(x.shape[0]), eos])
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return list(self.vision_tower["blocks"])
+
+    def text_blocks(self) -> list[nn.Module]:
+        return list(self.text_tower["blocks"])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+
+def build(cfg) -> TinyClip:
+    """``model.pretrained`` must be false: this example publishes no weights."""
+    from core.errors import ClipcoreError
+
+    if cfg.model.pretrained is not False:
+        raise ClipcoreError("example-tiny has no published weights", where="model.pretrained",
+                            fix="set model.pretrained = false (random init) or pass a clipcore checkpoint")
+    scale = LN_10 if cfg.model.init_logit_scale is None else cfg.model.init_logit_scale
+    bias = -10.0 if cfg.model.init_logit_bias is None else cfg.model.init_logit_bias
+    return TinyClip("example-tiny", image_size=cfg.model.image_size, logit_scale=scale, logit_bias=bias)
+
+
+def tiny(model_type: str) -> TinyClip:
+    return TinyClip(model_type)
+
+
+@hookimpl
+def register_backbones(register):
+    register(BackboneFamily(name="example", types=("example-tiny",), build=build, tiny=tiny,
+                            description="Example third-party plugin: tiny conv + transformer CLIP."))

@@ -1,0 +1,5 @@
+from core.testing import PluginConformance
+
+
+class TestExampleBackbone(PluginConformance):
+    plugin = "example_backbone"
