@@ -2,8 +2,10 @@
 unless noted), plus clipcore's own fields, as attrs classes.
 
 Each field carries ``metadata["help"]`` (its meaning and valid values); ``core get-spec`` writes
-it as a comment and ``--help`` shows it. Loading, overrides and error messages live in
-``core.spec``; this module only declares the schema.
+it as a comment and ``--help`` shows it. Valid ranges are :class:`Rule` validators (checked at
+construction and on assignment, raising :class:`InvalidValue`); a field without a default is
+required. Loading, overrides and error messages live in ``core.spec``; this module only declares
+the schema.
 
 Fields TAO declares but never uses (``peft``, ``regularization``, ``wandb``, ``encryption_key``)
 are left out on purpose: clipcore has no inert keys.
@@ -11,10 +13,64 @@ are left out on purpose: clipcore has no inert keys.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import attrs
 from attrs import field
+
+from core.errors import ConfigError
+
+
+class InvalidValue(ConfigError):
+    """A field holds a value outside its valid range; ``key`` is the field name (the loader
+    prefixes the section path), ``valid`` describes the valid values."""
+
+    def __init__(self, key: str, value: Any, valid: str):
+        self.key, self.value, self.valid = key, value, valid
+        super().__init__(f"{value!r} is out of range", where=key, fix=f"valid: {valid}")
+
+
+@attrs.frozen
+class Rule:
+    """An attrs validator stating a field's valid values: ``test(value)`` is true when valid and
+    ``text`` describes the valid values (shown in errors and in ``core get-spec`` comments).
+    ``None`` (an unset optional field) always passes."""
+
+    test: Callable[[Any], bool]
+    text: str
+
+    def __call__(self, instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and not self.test(value):
+            raise InvalidValue(attribute.name, value, self.text)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: v >= low, f">= {low}")
+
+
+def above(low: float) -> Rule:
+    return Rule(lambda v: v > low, f"> {low}")
+
+
+def each_at_least(low: int) -> Rule:
+    return Rule(lambda v: all(x >= low for x in v), f"every item >= {low}")
+
+
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+BATCH_OR_DYNAMIC = Rule(lambda v: v == -1 or v >= 1, "-1 (dynamic batch) or >= 1")
+MIN_IMAGE_SIDE = at_least(32)
+SCALE_RANGE = Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+                   "an ordered pair [min, max] with 0 < min <= max <= 1")
+BETAS = Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)")
+COLOR_JITTER = Rule(
+    lambda v: len(v) in (0, 4, 5) and all(x >= 0 for x in v) and (len(v) != 5 or v[0] <= 1)
+    and (not v or v[-1] <= 0.5),
+    "[] (off), [brightness, contrast, saturation, hue] or [prob, brightness, contrast, saturation, "
+    "hue]; all >= 0, prob <= 1, hue <= 0.5")
+LAYER_PRECISION = Rule(
+    lambda v: all(isinstance(x, str) and x.rpartition(":")[0] and x.rpartition(":")[2] in ("fp32", "fp16")
+                  for x in v),
+    'items "layer_name:fp32" or "layer_name:fp16"')
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -50,11 +106,14 @@ class ModelConfig:
     freeze_vision_encoder: bool = opt(False, "Freeze the image tower (no grad, no optimizer state, eval mode).")
     freeze_text_encoder: bool = opt(False, "Freeze the text tower (no grad, no optimizer state, eval mode).")
     vision_unlocked_layers: int = opt(
-        0, "With freeze_vision_encoder: keep the last N blocks of the image tower trainable (LiT-style).")
+        0, "With freeze_vision_encoder: keep the last N blocks of the image tower trainable (LiT-style).",
+        validator=at_least(0))
     text_unlocked_layers: int = opt(
-        0, "With freeze_text_encoder: keep the last N blocks of the text tower trainable.")
+        0, "With freeze_text_encoder: keep the last N blocks of the text tower trainable.",
+        validator=at_least(0))
     image_size: int = opt(256, "Training/eval image size for families whose checkpoint does not fix it "
-                               "(RADIO, OpenCLIP); fixed-resolution SigLIP2 uses its own.")
+                               "(RADIO, OpenCLIP); fixed-resolution SigLIP2 uses its own.",
+                               validator=MIN_IMAGE_SIDE)
     init_logit_scale: float | None = opt(
         None, "Initial logit scale (log space) for models started from scratch; unset: ln 10 for "
               "siglip loss, ln(1/0.07) for clip. Pretrained weights keep their learned value.")
@@ -75,41 +134,48 @@ class CudnnConfig:
 @spec
 class OptimConfig:
     optimizer_type: Literal["adamw", "lamb"] = opt("adamw", "Optimizer: adamw | lamb.")
-    vision_lr: float = opt(1e-4, "Learning rate of the image tower.")
-    text_lr: float = opt(1e-4, "Learning rate of the text tower and of logit scale/bias.")
-    weight_decay: float = opt(1e-4, "Weight decay (not applied to biases, norms, 1-D and logit parameters).")
-    betas: list[float] = opt([0.9, 0.95], "Adam betas [beta1, beta2].")
-    eps: float = opt(1e-6, "Adam epsilon.")
-    warmup_steps: int = opt(100, "Linear warmup steps.")
+    vision_lr: float = opt(1e-4, "Learning rate of the image tower.", validator=at_least(0))
+    text_lr: float = opt(1e-4, "Learning rate of the text tower and of logit scale/bias.",
+                         validator=at_least(0))
+    weight_decay: float = opt(1e-4, "Weight decay (not applied to biases, norms, 1-D and logit parameters).",
+                              validator=at_least(0))
+    betas: list[float] = opt([0.9, 0.95], "Adam betas [beta1, beta2].", validator=BETAS)
+    eps: float = opt(1e-6, "Adam epsilon.", validator=above(0))
+    warmup_steps: int = opt(100, "Linear warmup steps.", validator=at_least(0))
     scheduler: Literal["cosine", "linear", "constant"] = opt(
         "cosine", "Schedule after warmup over the exact total step count: cosine | linear | constant.")
 
 
 @spec
 class TrainConfig:
-    num_epochs: int = opt(10, "Number of epochs (>= 1).")
-    num_gpus: int = opt(1, "GPUs (processes) per node; > 1 launches torchrun.")
-    gpu_ids: list[int] = opt([0], "GPU ids to use.")
-    num_nodes: int = opt(1, "Number of nodes.")
+    num_epochs: int = opt(10, "Number of epochs (>= 1).", validator=at_least(1))
+    num_gpus: int = opt(1, "GPUs (processes) per node; > 1 launches torchrun.", validator=at_least(1))
+    gpu_ids: list[int] = opt([0], "GPU ids to use.", validator=each_at_least(0))
+    num_nodes: int = opt(1, "Number of nodes.", validator=at_least(1))
     seed: int = opt(1234, "Random seed (< 0 disables seeding).")
     cudnn: CudnnConfig = section(CudnnConfig, "cuDNN flags.")
-    checkpoint_interval: int = opt(1, "Save a checkpoint every N epochs (or steps, see checkpoint_interval_unit).")
+    checkpoint_interval: int = opt(1, "Save a checkpoint every N epochs (or steps, see checkpoint_interval_unit).",
+                                   validator=at_least(1))
     checkpoint_interval_unit: Literal["epoch", "step"] = opt("epoch", "Unit of checkpoint_interval: epoch | step.")
-    validation_interval: int = opt(1, "Validate every N epochs (<= num_epochs).")
-    val_check_interval: int | None = opt(None, "Validate every N steps instead (wins over validation_interval).")
+    validation_interval: int = opt(1, "Validate every N epochs (<= num_epochs).", validator=at_least(1))
+    val_check_interval: int | None = opt(None, "Validate every N steps instead (wins over validation_interval).",
+                                         validator=at_least(1))
     resume_training_checkpoint_path: str | None = opt(
         None, "Resume from this checkpoint, or `auto` for the latest in results_dir.")
     pretrained_model_path: str | None = opt(None, "Start from a clipcore checkpoint's weights only.")
     loss_type: str = opt("siglip", "Loss plugin: siglip | clip (or any registered loss).")
     precision: Literal["fp32", "bf16", "fp16"] = opt(
         "bf16", "Training precision: fp32 | bf16 | fp16 (TAO default fp16; clipcore bf16).")
-    grad_clip_norm: float | None = opt(None, "Clip the global gradient norm to this value.")
+    grad_clip_norm: float | None = opt(None, "Clip the global gradient norm to this value.",
+                                       validator=above(0))
     grad_checkpointing: bool = opt(False, "Activation (gradient) checkpointing.")
     distributed_strategy: Literal["ddp", "fsdp"] = opt("ddp", "ddp | fsdp (FSDP2 fully_shard per block).")
-    accum_steps: int = opt(1, "Exact contrastive gradient accumulation over N micro-batches.")
-    keep_last: int | None = opt(None, "Keep only the last N epoch/step checkpoints (latest and best are kept).")
+    accum_steps: int = opt(1, "Exact contrastive gradient accumulation over N micro-batches.",
+                           validator=at_least(1))
+    keep_last: int | None = opt(None, "Keep only the last N epoch/step checkpoints (latest and best are kept).",
+                                validator=at_least(1))
     best_metric: str = opt("val/t2i_mAP", "Validation metric that selects the `best` checkpoint.")
-    log_every_n_steps: int = opt(10, "Log training metrics every N steps.")
+    log_every_n_steps: int = opt(10, "Log training metrics every N steps.", validator=at_least(1))
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/train.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
 
@@ -117,7 +183,7 @@ class TrainConfig:
 # --------------------------------------------------------------------------- dataset
 @spec
 class DatasetEntry:
-    image_dir: str = opt(None, "Folder (or .tar/.tar.gz) of images, searched recursively.")
+    image_dir: str = field(metadata={"help": "Folder (or .tar/.tar.gz) of images, searched recursively."})
     image_list_file: str | None = opt(None, "File listing images relative to image_dir, one per line.")
     caption_dir: str | None = opt(None, "Folder (or .tar/.tar.gz) of captions; unset: beside the images.")
     caption_file_suffix: str = opt(".txt", "Caption file = <image stem><suffix>.")
@@ -129,7 +195,7 @@ class DatasetEntry:
 class WdsConfig:
     root_dir: str | None = opt(None, "Folder searched recursively for *.tar shards.")
     shard_list_file: str | None = opt(None, "File with one shard per line (brace expansion, URLs).")
-    samples_per_shard: int = opt(10000, "Samples per shard; defines the epoch length.")
+    samples_per_shard: int = opt(10000, "Samples per shard; defines the epoch length.", validator=at_least(1))
 
 
 @spec
@@ -137,25 +203,27 @@ class TrainDataConfig:
     type: str = opt("custom", "Dataset format plugin: custom | wds (or any registered format).")
     datasets: list[DatasetEntry] = entries(DatasetEntry, "Image-caption datasets, concatenated.")
     wds: WdsConfig = section(WdsConfig, "WebDataset shards (type = wds).")
-    batch_size: int = opt(16, "Batch size per GPU.")
-    num_workers: int = opt(8, "Data loader worker processes.")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
 
 
 @spec
 class ValDataConfig:
     type: str = opt("custom", "Dataset format plugin for validation and evaluate (must support retrieval).")
     datasets: list[DatasetEntry] = entries(DatasetEntry, "Validation datasets (custom format).")
-    batch_size: int = opt(16, "Batch size per GPU.")
-    num_workers: int = opt(8, "Data loader worker processes.")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
 
 
 @spec
 class AugmentationConfig:
-    scale: list[float] = opt([0.4, 1.0], "RandomResizedCrop scale range; [1, 1] disables.")
+    scale: list[float] = opt([0.4, 1.0], "RandomResizedCrop scale range; [1, 1] disables.",
+                             validator=SCALE_RANGE)
     color_jitter: list[float] = opt(
         [0.8, 0.32, 0.32, 0.32, 0.08],
-        "[prob, brightness, contrast, saturation, hue]; the 4-element legacy form means prob 0.8; [] disables.")
-    grayscale: float = opt(0.2, "Probability of converting to grayscale.")
+        "[prob, brightness, contrast, saturation, hue]; the 4-element legacy form means prob 0.8; [] disables.",
+        validator=COLOR_JITTER)
+    grayscale: float = opt(0.2, "Probability of converting to grayscale.", validator=PROBABILITY)
 
 
 @spec
@@ -164,7 +232,8 @@ class DatasetConfig:
     pin_memory: bool = opt(True, "Pin host memory for faster GPU transfer.")
     on_bad_sample: Literal["skip", "error"] = opt(
         "skip", "skip: skip and record in bad_samples.jsonl; error: stop at the first bad sample.")
-    max_image_pixels: int = opt(178956970, "Refuse images with more pixels (decompression bombs).")
+    max_image_pixels: int = opt(178956970, "Refuse images with more pixels (decompression bombs).",
+                                validator=at_least(1))
     train: TrainDataConfig = section(TrainDataConfig, "Training data.")
     val: ValDataConfig = section(ValDataConfig, "Validation data.")
     augmentation: AugmentationConfig = section(AugmentationConfig, "Training augmentation.")
@@ -173,7 +242,7 @@ class DatasetConfig:
 # --------------------------------------------------------------------------- evaluate / inference
 @spec
 class InferenceEntry:
-    image_dir: str = opt(None, "Folder of images, searched recursively.")
+    image_dir: str = field(metadata={"help": "Folder of images, searched recursively."})
 
 
 @spec
@@ -183,10 +252,10 @@ class EvalConfig:
     trt_engine: str | None = opt(None, "Run a TensorRT engine instead of a checkpoint.")
     datasets: list[InferenceEntry] = entries(InferenceEntry, "Inference image folders.")
     text_file: str | None = opt(None, "Inference prompts, one per line.")
-    batch_size: int = opt(16, "Batch size per GPU.")
-    num_workers: int = opt(8, "Data loader worker processes.")
-    num_gpus: int = opt(1, "GPUs (processes).")
-    gpu_ids: list[int] = opt([0], "GPU ids to use.")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
+    num_gpus: int = opt(1, "GPUs (processes).", validator=at_least(1))
+    gpu_ids: list[int] = opt([0], "GPU ids to use.", validator=each_at_least(0))
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/<action>.")
 
 
@@ -196,15 +265,16 @@ class ExportConfig:
     checkpoint: str | None = opt(None, "clipcore checkpoint; unset: the pretrained weights.")
     onnx_file: str | None = opt(None, "Output ONNX path; separate inserts _vision/_text before .onnx.")
     encoder_type: Literal["combined", "separate"] = opt("combined", "combined | separate.")
-    opset_version: int = opt(17, "ONNX opset (>= 11).")
-    batch_size: int = opt(-1, "Static batch size, or -1 for a dynamic batch axis.")
-    input_height: int = opt(256, "Image height (>= 32); must match the backbone.")
-    input_width: int = opt(256, "Image width (>= 32); must match the backbone.")
-    input_channel: int = opt(3, "Image channels.")
+    opset_version: int = opt(17, "ONNX opset (>= 11).", validator=at_least(11))
+    batch_size: int = opt(-1, "Static batch size, or -1 for a dynamic batch axis.",
+                          validator=BATCH_OR_DYNAMIC)
+    input_height: int = opt(256, "Image height (>= 32); must match the backbone.", validator=MIN_IMAGE_SIDE)
+    input_width: int = opt(256, "Image width (>= 32); must match the backbone.", validator=MIN_IMAGE_SIDE)
+    input_channel: int = opt(3, "Image channels.", validator=at_least(1))
     attention_mask_input: bool = opt(
         True, "Keep TAO's deprecated `attention_mask` graph input (values ignored).")
     force: bool = opt(False, "Overwrite existing output files.")
-    gpu_id: int = opt(0, "GPU used for export.")
+    gpu_id: int = opt(0, "GPU used for export.", validator=at_least(0))
     on_cpu: bool = opt(False, "Export on CPU.")
     verbose: bool = opt(False, "Verbose exporter output.")
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/export.")
@@ -212,21 +282,22 @@ class ExportConfig:
 
 @spec
 class TensorRTConfig:
-    workspace_size: int = opt(1024, "Builder workspace in MB.")
+    workspace_size: int = opt(1024, "Builder workspace in MB.", validator=at_least(1))
     data_type: Literal["fp32", "fp16"] = opt("fp32", "Engine precision: fp32 | fp16 (LayerNorm/Softmax kept fp32).")
-    min_batch_size: int = opt(1, "Profile minimum batch.")
-    opt_batch_size: int = opt(1, "Profile optimal batch.")
-    max_batch_size: int = opt(16, "Profile maximum batch.")
-    layers_precision: list[str] = opt([], "Per-layer precision overrides, `name:fp32`.")
+    min_batch_size: int = opt(1, "Profile minimum batch.", validator=at_least(1))
+    opt_batch_size: int = opt(1, "Profile optimal batch.", validator=at_least(1))
+    max_batch_size: int = opt(16, "Profile maximum batch.", validator=at_least(1))
+    layers_precision: list[str] = opt([], "Per-layer precision overrides, `name:fp32`.",
+                                      validator=LAYER_PRECISION)
 
 
 @spec
 class GenTrtEngineConfig:
     onnx_file: str | None = opt(None, "ONNX file, or the base path of a separate export.")
     trt_engine: str | None = opt(None, "Output engine path.")
-    batch_size: int = opt(-1, "Static batch, or -1 to use the tensorrt profile.")
+    batch_size: int = opt(-1, "Static batch, or -1 to use the tensorrt profile.", validator=BATCH_OR_DYNAMIC)
     timing_cache: str | None = opt(None, "Timing cache file (read and updated).")
-    gpu_id: int = opt(0, "GPU used for the build.")
+    gpu_id: int = opt(0, "GPU used for the build.", validator=at_least(0))
     verbose: bool = opt(False, "Verbose builder log.")
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/gen_trt_engine.")
     tensorrt: TensorRTConfig = section(TensorRTConfig, "TensorRT builder settings.")
