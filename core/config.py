@@ -122,6 +122,10 @@ class ModelConfig:
     canonicalize_text: bool | None = opt(
         None, "Canonicalize captions (big_vision: `_`->space, strip punctuation, lower-case, collapse "
               "spaces); unset: the family's default (on for SigLIP2).")
+    tokenizer_path: str | None = opt(
+        None, "A local Hugging Face tokenizer directory (tokenizer.json ...); unset: the one beside the "
+              "weights (the model directory, or a `tokenizer/` folder next to a weights file), else the "
+              "HF cache. NV-CLIP needs a bert-base-uncased tokenizer directory.")
 
 
 # --------------------------------------------------------------------------- train
