@@ -1,0 +1,1 @@
+"""Built-in contrastive loss plugins (``siglip``, ``clip``) and their distributed primitives."""
