@@ -1,0 +1,152 @@
+"""Plugin discovery and registration: every bad input gives one clear message."""
+
+import pytest
+
+from core.backbone import BackboneFamily
+from core.cli import main
+from core.errors import PluginError
+from core.registry import ENV_ALLOW, ENV_BLOCK, load_registry
+from tests.plugin_factory import TINY_BACKBONE, fake, make_distribution
+
+
+def test_builtin_and_example_plugins_are_discovered_with_versions():
+    registry = load_registry()
+    providers = {p.plugin: p for p in registry.plugins}
+    assert providers["example_backbone"].distribution == "clipcore-example-backbone"
+    assert providers["example_backbone"].version == "0.3.0"
+    assert registry.backbone_for("example-tiny").name == "example"
+
+
+def test_plugin_failing_at_import_is_reported_and_others_still_load(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "broken-plugin", "2.0", {"broken": "raise RuntimeError('boom in plugin')\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_registry()
+    [failure] = [f for f in registry.failures if f.plugin == "broken"]
+    assert failure.distribution == "broken-plugin"
+    assert "RuntimeError: boom in plugin" in failure.error
+    assert "example-tiny" in registry.model_types()
+
+
+def test_hook_that_raises_is_reported_by_plugin_name():
+    bad = fake("raiser", """
+        from core import hookimpl
+        @hookimpl
+        def register_losses(register):
+            raise ValueError("cannot register")
+    """)
+    registry = load_registry(plugins=[bad], use_entry_points=False)
+    [failure] = registry.failures
+    assert failure.plugin == "raiser"
+    assert "register_losses raised ValueError: cannot register" in failure.error
+
+
+def test_misspelled_hook_is_reported():
+    bad = fake("typo", """
+        from core import hookimpl
+        @hookimpl
+        def register_backbone(register):
+            pass
+    """)
+    registry = load_registry(plugins=[bad], use_entry_points=False)
+    [failure] = registry.failures
+    assert "register_backbone" in failure.error and "valid hooks: register_backbones" in failure.error
+
+
+def test_hook_with_wrong_arguments_is_reported():
+    bad = fake("badargs", """
+        from core import hookimpl
+        @hookimpl
+        def register_backbones(register, extra):
+            pass
+    """)
+    [failure] = load_registry(plugins=[bad], use_entry_points=False).failures
+    assert failure.plugin == "badargs" and "extra" in failure.error
+
+
+def test_two_plugins_registering_the_same_name_is_an_error_naming_both():
+    one = fake("one", TINY_BACKBONE.format(family="dup", types=("t-a",)))
+    two = fake("two", TINY_BACKBONE.format(family="dup", types=("t-b",)), version="3.1")
+    with pytest.raises(PluginError) as err:
+        load_registry(plugins=[one, two], use_entry_points=False)
+    msg = str(err.value)
+    assert "backbone family 'dup' is registered twice" in msg
+    assert "'one' (fake-one 1.0)" in msg and "'two' (fake-two 3.1)" in msg
+    assert ENV_BLOCK in msg
+
+
+def test_two_families_claiming_one_model_type_is_an_error():
+    one = fake("one", TINY_BACKBONE.format(family="a", types=("shared-type",)))
+    two = fake("two", TINY_BACKBONE.format(family="b", types=("shared-type",)))
+    with pytest.raises(PluginError, match="model type 'shared-type' is registered twice: by plugin 'one' and by plugin 'two'"):
+        load_registry(plugins=[one, two], use_entry_points=False)
+
+
+def test_registering_the_wrong_object_names_the_expected_class():
+    bad = fake("wrongtype", """
+        from core import hookimpl
+        @hookimpl
+        def register_losses(register):
+            register({"name": "x"})
+    """)
+    with pytest.raises(PluginError, match=r"plugin 'wrongtype': register_losses received dict, expected core.loss.LossSpec"):
+        load_registry(plugins=[bad], use_entry_points=False)
+
+
+def test_empty_entry_point_group_fails_with_the_install_command(monkeypatch):
+    monkeypatch.setattr("core.registry.metadata.entry_points", lambda group: [])
+    with pytest.raises(PluginError) as err:
+        load_registry()
+    assert "no clipcore plugins are installed" in str(err.value)
+    assert "pip install -e ." in str(err.value)
+
+
+def test_allow_list_and_block_list(monkeypatch):
+    monkeypatch.setenv(ENV_ALLOW, "example_backbone")
+    assert [p.plugin for p in load_registry().plugins] == ["example_backbone"]
+    monkeypatch.delenv(ENV_ALLOW)
+    monkeypatch.setenv(ENV_BLOCK, "example_backbone")
+    assert "example_backbone" not in [p.plugin for p in load_registry().plugins]
+
+
+def test_unknown_model_type_suggests_the_closest():
+    registry = load_registry()
+    with pytest.raises(PluginError) as err:
+        registry.backbone_for("example-tiyn")
+    assert "model.type: unknown model type 'example-tiyn'" in str(err.value)
+    assert "did you mean 'example-tiny'?" in str(err.value)
+
+
+def test_open_ended_family_matches():
+    plugin = fake("openended", """
+        from core import hookimpl
+        from core.backbone import BackboneFamily
+        from clipcore_example_backbone.plugin import tiny, build
+        @hookimpl
+        def register_backbones(register):
+            register(BackboneFamily(name="any", types=("any-base",), build=build, tiny=tiny,
+                                    matches=lambda t: t.startswith("any:")))
+    """)
+    registry = load_registry(plugins=[plugin], use_entry_points=False)
+    assert registry.backbone_for("any:whatever").name == "any"
+
+
+def test_cli_reports_a_plugin_collision_as_one_message(tmp_path, monkeypatch, capsys):
+    make_distribution(tmp_path, "clash-plugin", "0.1", {
+        "clash": TINY_BACKBONE.format(family="example", types=("clash-type",))})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("core.registry.get_registry", load_registry)  # not the cached one
+    monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "error: backbone family 'example' is registered twice" in err
+    assert "Traceback" not in err
+
+
+def test_core_plugins_lists_the_example_plugin(capsys):
+    assert main(["plugins", "--json"]) == 0
+    import json
+
+    listing = json.loads(capsys.readouterr().out)
+    [example] = [p for p in listing["plugins"] if p["plugin"] == "example_backbone"]
+    assert example["version"] == "0.3.0"
+    assert example["registers"] == {"backbones": ["example (example-tiny)"]}
