@@ -213,6 +213,9 @@ class BackboneFamily:
       size (CPU forward well under a second), used by the conformance kit.
     - ``matches(model_type) -> bool``: optional, for open-ended names (``openclip:ViT-B-32``).
     - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
+    - ``check(cfg)``: optional family-specific cross-field rules, run up front by
+      :func:`core.spec.check` for every action that builds the model (e.g. RADIO needs
+      ``model.adaptor_name``); raise :class:`core.errors.ConfigError` naming the key and the fix.
     """
 
     name: str
@@ -222,3 +225,4 @@ class BackboneFamily:
     description: str = ""
     matches: Callable[[str], bool] | None = None
     config_sections: tuple[Any, ...] = ()
+    check: Callable[[Any], None] | None = None
