@@ -1,0 +1,209 @@
+"""Retrieval and zero-shot classification metrics, computed exactly in bounded memory.
+
+One module serves training validation, ``core evaluate`` and deploy-time evaluation.
+
+**Retrieval** (:func:`retrieval_metrics`). Inputs: L2-normalised image embeddings ``[N, D]``,
+text embeddings ``[M, D]`` and ``caption_image[j]``, the image text ``j`` describes. Similarity is
+the dot product (cosine). Ground truth comes from image identity: an image's positives are all
+its captions (``i2t``), a caption's positive is its image (``t2i``); with ``image_group``, images
+sharing a group id are one identity (duplicates, or class-level positives), so every caption of
+any image of the group is a positive of every image of the group, and vice versa.
+
+For one query with ``n_pos >= 1`` positives among ``G`` gallery items, order the gallery by
+descending score. **Ties are pessimistic**: a negative whose score equals a positive's is ranked
+above it (ties among positives do not change any metric). ``rank_k`` is the 1-based rank of the
+query's k-th best positive, so ``rank_k = k + #{negatives scoring >= its score}``.
+
+- ``R@k`` (any-hit, CLIP_benchmark and the papers): 1 if ``rank_1 <= k``, averaged over queries.
+- ``fracR@k``: the fraction of the query's positives in the top k (TAO's code's "recall").
+  Equal to ``R@k`` when every query has one positive.
+- ``mAP``: mean over queries of AP = ``mean_k(k / rank_k)``.
+- ``MedR`` / ``MeanR``: median / mean of ``rank_1`` (lower is better).
+- ``AUC``: per-query ROC AUC, averaged over queries: the fraction of (positive, negative) pairs
+  where the positive scores strictly higher (Mann-Whitney U / (n_pos * n_neg); ties count 0,
+  consistent with the rank rule). 1.0 for perfect retrieval, about 0.5 for random scores; equal
+  to ``sklearn.metrics.roc_auc_score`` whenever no negative ties a positive. Queries whose
+  gallery holds no negative are left out of ``AUC`` only.
+
+Queries without any positive (an image with no caption) are left out of every average and
+counted under ``{dir}_queries_without_positive``; ``{dir}_queries`` counts the scored ones.
+
+Scale: each direction scores query rows in chunks of at most ``chunk_bytes`` (scores plus one
+comparison mask), counts the negatives above each positive with vectorised comparisons (or one
+row sort when a query has many positives) and keeps only per-query results, so memory is
+``O(chunk_bytes + N + M)`` beyond the embeddings; the ``N x M`` matrix never exists. Scores are
+computed with ``torch`` on the embeddings' device; counting runs on the CPU.
+
+**Classification** (:func:`classification_metrics`): top-k accuracy with the same pessimistic
+tie rule (an image is correct at k when fewer than k other classes score >= its true class),
+and per-class accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from core.errors import DataError
+
+KS = (1, 5, 10)
+DIRECTIONS = ("i2t", "t2i")
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+SORT_ABOVE = 12        # more positives than this in one query: count by sorting the row instead
+_BYTES_PER_SCORE = 5   # a float32 score plus a bool comparison mask
+
+
+def retrieval_metrics(image_embeddings, text_embeddings, caption_image, *, image_group=None,
+                      ks: Sequence[int] = KS, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, float]:
+    """Bidirectional retrieval metrics (module docstring) under ``{i2t,t2i}_{R@k,fracR@k,mAP,
+    MedR,MeanR,AUC}`` keys, plus ``{dir}_queries`` and ``{dir}_queries_without_positive``.
+
+    Embeddings are torch tensors (any device) or arrays, rows L2-normalised; ``caption_image``
+    holds ``M`` image indices; ``image_group`` (optional, ``N`` ints) merges images into one
+    identity.
+    """
+    images, texts = _as_tensor(image_embeddings, "image"), _as_tensor(text_embeddings, "text")
+    n, m = len(images), len(texts)
+    if images.shape[1] != texts.shape[1]:
+        raise ValueError(f"image embeddings have dim {images.shape[1]}, text embeddings {texts.shape[1]}")
+    if n == 0 or m == 0:
+        raise DataError(f"retrieval needs images and captions, got {n} images and {m} captions",
+                        where="dataset.val", fix="point dataset.val.datasets at images with captions")
+    caption_image = _int_array(caption_image, m, "caption_image")
+    if caption_image.min() < 0 or caption_image.max() >= n:
+        raise ValueError(f"caption_image values must lie in [0, {n}), got [{caption_image.min()}, {caption_image.max()}]")
+    image_label = np.arange(n) if image_group is None else _int_array(image_group, n, "image_group")
+    text_label = image_label[caption_image]
+    out: dict[str, float] = {}
+    out.update(_direction("i2t", images, texts, image_label, text_label, ks, chunk_bytes))
+    out.update(_direction("t2i", texts, images, text_label, image_label, ks, chunk_bytes))
+    return out
+
+
+def classification_metrics(image_embeddings, class_embeddings, labels, *, ks: Sequence[int] = (1, 5),
+                           chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, object]:
+    """Zero-shot classification: ``top{k}`` accuracy for each ``k`` (capped at the number of
+    classes), ``per_class`` accuracy (list, by class index; ``None`` for a class without images)
+    and ``mean_per_class`` (mean over classes with images)."""
+    images, classes = _as_tensor(image_embeddings, "image"), _as_tensor(class_embeddings, "class")
+    n, c = len(images), len(classes)
+    if n == 0 or c == 0:
+        raise DataError(f"classification needs images and classes, got {n} images and {c} classes",
+                        where="evaluate.classification_dir", fix="point it at one folder of images per class")
+    labels = _int_array(labels, n, "labels")
+    if labels.min() < 0 or labels.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
+    above = np.empty(n, dtype=np.int64)  # classes other than the true one scoring >= the true one
+    rows = max(1, chunk_bytes // (_BYTES_PER_SCORE * c))
+    for start in range(0, n, rows):
+        chunk = slice(start, min(start + rows, n))
+        scores = _scores(images[chunk], classes)
+        true = scores[np.arange(len(scores)), labels[chunk]]
+        above[chunk] = np.count_nonzero(scores >= true[:, None], axis=1) - 1
+    out: dict[str, object] = {f"top{k}": float(np.mean(above < k)) for k in ks if k <= c}
+    hits = np.bincount(labels, weights=(above == 0).astype(float), minlength=c)
+    sizes = np.bincount(labels, minlength=c)
+    per_class = [float(h / s) if s else None for h, s in zip(hits, sizes)]
+    out["per_class"] = per_class
+    out["mean_per_class"] = float(np.mean([a for a in per_class if a is not None]))
+    return out
+
+
+# --------------------------------------------------------------------------- one direction
+def _direction(name: str, queries: torch.Tensor, gallery: torch.Tensor, query_label: np.ndarray,
+               gallery_label: np.ndarray, ks: Sequence[int], chunk_bytes: int) -> dict[str, float]:
+    g = len(gallery)
+    order = np.argsort(gallery_label, kind="stable")
+    sorted_labels = gallery_label[order]
+    first = np.searchsorted(sorted_labels, query_label, side="left")
+    n_pos = np.searchsorted(sorted_labels, query_label, side="right") - first
+    scored = np.flatnonzero(n_pos > 0)
+    n_neg = g - n_pos[scored]
+
+    rank1 = np.empty(len(scored), dtype=np.int64)
+    ap = np.empty(len(scored))
+    auc = np.full(len(scored), np.nan)
+    frac = np.empty((len(ks), len(scored)))
+    rows = max(1, chunk_bytes // (_BYTES_PER_SCORE * g))
+    for start in range(0, len(scored), rows):
+        chunk = slice(start, min(start + rows, len(scored)))
+        idx = scored[chunk]
+        counts = n_pos[idx]
+        # positive pairs of this chunk: local query row and gallery index, grouped by row
+        row = np.repeat(np.arange(len(idx)), counts)
+        offsets = np.cumsum(counts) - counts
+        within = np.arange(len(row)) - np.repeat(offsets, counts)
+        scores = _scores(queries[torch.as_tensor(idx, device=queries.device)], gallery)
+        col = order[np.repeat(first[idx], counts) + within]
+        pos_score = scores[row, col]
+        scores[row, col] = -np.inf  # from here on, the rows hold negatives only
+        pos_score = pos_score[np.lexsort((-pos_score, row))]  # best positive first within each row
+        above = _count_at_least(scores, row, within, pos_score, int(counts.max()))
+        rank = within + 1 + above
+        rank1[chunk] = rank[offsets]
+        ap[chunk] = np.bincount(row, weights=(within + 1) / rank, minlength=len(idx)) / counts
+        neg = n_neg[chunk]
+        has_neg = neg > 0
+        auc_sum = np.bincount(row, weights=1.0 - above / np.maximum(neg, 1)[row], minlength=len(idx))
+        auc[chunk] = np.where(has_neg, auc_sum / counts, np.nan)
+        for i, k in enumerate(ks):
+            frac[i, chunk] = np.bincount(row, weights=(rank <= k).astype(float), minlength=len(idx)) / counts
+
+    out = {f"{name}_R@{k}": float(np.mean(rank1 <= k)) for k in ks}
+    out.update({f"{name}_fracR@{k}": float(frac[i].mean()) for i, k in enumerate(ks)})
+    out[f"{name}_mAP"] = float(ap.mean())
+    out[f"{name}_MedR"] = float(np.median(rank1))
+    out[f"{name}_MeanR"] = float(rank1.mean())
+    out[f"{name}_AUC"] = float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
+    out[f"{name}_queries"] = len(scored)
+    out[f"{name}_queries_without_positive"] = len(query_label) - len(scored)
+    return out
+
+
+def _count_at_least(scores: np.ndarray, row: np.ndarray, within: np.ndarray, threshold: np.ndarray,
+                    max_pos: int) -> np.ndarray:
+    """For each pair ``p``: how many entries of ``scores[row[p]]`` are ``>= threshold[p]``."""
+    if max_pos > SORT_ABOVE:
+        ordered = np.sort(scores, axis=1)
+        out = np.empty(len(row), dtype=np.int64)
+        bounds = np.flatnonzero(np.diff(row, prepend=-1, append=len(scores)))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            out[lo:hi] = scores.shape[1] - np.searchsorted(ordered[row[lo]], threshold[lo:hi], side="left")
+        return out
+    padded = np.full((len(scores), max_pos), np.inf, dtype=scores.dtype)
+    padded[row, within] = threshold
+    counts = np.empty((len(scores), max_pos), dtype=np.int64)
+    for k in range(max_pos):
+        counts[:, k] = np.count_nonzero(scores >= padded[:, k:k + 1], axis=1)
+    return counts[row, within]
+
+
+# --------------------------------------------------------------------------- inputs
+def _scores(queries: torch.Tensor, gallery: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return (queries @ gallery.T).cpu().numpy()
+
+
+def _as_tensor(x, what: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.ndim != 2:
+        raise ValueError(f"{what} embeddings must be [rows, dim], got shape {tuple(t.shape)}")
+    t = t.float()
+    if len(t) and not bool(torch.isfinite(t).all()):
+        raise DataError(f"{what} embeddings contain NaN or inf", where="model",
+                        fix="the model produced non-finite outputs (diverged training or a broken "
+                            "checkpoint); evaluate an earlier checkpoint")
+    norms = t.norm(dim=1)
+    if len(t) and not bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-2)):
+        raise ValueError(f"{what} embeddings must be L2-normalised (row norms range "
+                         f"{norms.min().item():.4g}..{norms.max().item():.4g})")
+    return t
+
+
+def _int_array(x, length: int, what: str) -> np.ndarray:
+    a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
+    if a.shape != (length,) or (length and not np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"{what} must be {length} integers, got shape {a.shape} dtype {a.dtype}")
+    return a.astype(np.int64)
