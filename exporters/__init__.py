@@ -1,0 +1,1 @@
+"""Exporter plugins (``register_exporters``)."""
