@@ -1,0 +1,172 @@
+"""Where a backbone's weights come from: logit initialisation, safe reading of weight files,
+and the one error raised when weights cannot be found.
+
+Backbone plugins use these helpers so that every family reports missing weights, unsafe files
+and foreign checkpoints the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import attrs
+import torch
+
+from core.backbone import LN_10
+from core.errors import ClipcoreError
+
+T = TypeVar("T")
+DEFAULT_INIT_LOGIT_SCALE = LN_10
+DEFAULT_INIT_LOGIT_BIAS = -10.0
+
+
+def init_logit_values(cfg: Any) -> tuple[float, float | None]:
+    """Logit scale (log space) and bias for a model that starts from scratch.
+
+    ``model.init_logit_scale`` / ``model.init_logit_bias`` win; an unset one comes from the loss
+    plugin registered for ``train.loss_type``; without such a plugin, ln 10 and -10 (SigLIP).
+    """
+    scale, bias = cfg.model.init_logit_scale, cfg.model.init_logit_bias
+    if scale is None or bias is None:
+        from core.registry import get_registry
+
+        losses = get_registry().entries["losses"]
+        if cfg.train.loss_type in losses:
+            spec = losses[cfg.train.loss_type].obj
+            default_scale, default_bias = spec.init_logit_scale, spec.init_logit_bias
+        else:
+            default_scale, default_bias = DEFAULT_INIT_LOGIT_SCALE, DEFAULT_INIT_LOGIT_BIAS
+        scale = default_scale if scale is None else scale
+        bias = default_bias if bias is None else bias
+    return float(scale), None if bias is None else float(bias)
+
+
+def hf_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) forbids network access."""
+    return any(os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, else
+    ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".tar")
+
+
+def load_hf(load: Callable[..., T], source: str, looked: list[str]) -> T | None:
+    """Run a Hugging Face ``from_pretrained``-style ``load`` on ``source`` (a local directory or a
+    hub id): the directory, else the HF cache (``local_files_only``), else, unless offline, the
+    hub. Returns ``None`` when nothing was found, after appending every place tried to ``looked``."""
+    if Path(source).expanduser().is_dir():
+        try:
+            return load(str(Path(source).expanduser()), local_files_only=True)
+        except OSError as exc:
+            looked.append(f"the directory {source} ({_first_line(exc)})")
+            return None
+    if looks_like_path(source):
+        looked.append(f"{source} (no such directory)")
+        return None
+    cache = hf_cache_dir()
+    try:
+        return load(source, local_files_only=True, cache_dir=str(cache))
+    except OSError:
+        looked.append(f"the Hugging Face cache {cache / ('models--' + source.replace('/', '--'))}")
+    if hf_offline():
+        looked.append(f"the Hugging Face hub ({source}; skipped: HF_HUB_OFFLINE is set)")
+        return None
+    try:
+        return load(source, cache_dir=str(cache))
+    except OSError as exc:
+        looked.append(f"the Hugging Face hub ({source}: {_first_line(exc)})")
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether ``source`` names a local file or directory rather than a hub id (``org/name``) or
+    a pretrained tag: it exists, starts with ``/``, ``.`` or ``~``, has several ``/`` or a
+    weights-file suffix."""
+    return (Path(source).expanduser().exists() or source.startswith(("/", ".", "~"))
+            or source.count("/") > 1 or source.endswith(WEIGHT_SUFFIXES))
+
+
+def missing_weights_error(model_type: str, looked: Sequence[str], ways: Sequence[str]) -> ClipcoreError:
+    """The error for weights that are not available: names the model, every place looked and
+    every way to provide them (``model.pretrained = false`` always among them)."""
+    ways = [*ways, "set train.pretrained_model_path (training) or evaluate/inference/export.checkpoint "
+                   "to a clipcore checkpoint of this model type",
+            "set model.pretrained = false to start from random weights"]
+    return ClipcoreError(
+        f"no weights for model type {model_type!r} are available; looked in: " + "; ".join(looked),
+        where="model.pretrained",
+        fix="provide them one of these ways: " + "; ".join(f"({i}) {w}" for i, w in enumerate(ways, 1)))
+
+
+@attrs.frozen
+class WeightsFile:
+    """A weights file read safely: its state dict and, for a clipcore checkpoint, its model type."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    clipcore_type: str | None = None
+
+
+def read_weights_file(path: str | os.PathLike, *, key: str = "model.pretrained") -> WeightsFile:
+    """Read a state dict from ``.safetensors`` or a PyTorch file with ``weights_only=True``.
+
+    Accepts a bare state dict, one under ``state_dict`` or ``model``, or a clipcore checkpoint,
+    and strips a DDP ``module.`` prefix. A file that needs arbitrary unpickling is refused.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ClipcoreError(f"weights file not found: {path}", where=key,
+                            fix="point it at an existing .pth/.pt/.ckpt/.bin/.safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return WeightsFile(path, _strip_module(load_file(str(path), device="cpu")))
+        except Exception as exc:
+            raise ClipcoreError(f"cannot read safetensors file {path}: {exc}", where=key,
+                                fix="the file is corrupt or not a safetensors file") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ClipcoreError(
+            f"{path} needs arbitrary unpickling, which clipcore refuses (unpickling can run code): "
+            + str(exc).split("\n")[0], where=key,
+            fix="re-save only its tensors, from a Python session you trust: `sd = torch.load(path, "
+                "weights_only=False); torch.save(sd.get('state_dict', sd), 'weights.pth')` (or save as "
+                "safetensors), then point clipcore at the new file") from None
+    except Exception as exc:
+        raise ClipcoreError(f"cannot read weights file {path}: {exc}", where=key,
+                            fix="the file is corrupt or not a PyTorch file") from None
+    if isinstance(obj, dict) and obj.get("format") == "clipcore":
+        return WeightsFile(path, obj["model"], obj.get("model_type"))
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ClipcoreError(f"{path} holds no state dict (a mapping of names to tensors)", where=key,
+                            fix="save the model's state_dict() (optionally under 'state_dict' or 'model')")
+    return WeightsFile(path, _strip_module(obj))
+
+
+def _strip_module(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
