@@ -109,16 +109,16 @@ def build_optimizer(model: nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, scheduler: str) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
-    Warmup: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps; then over the
-    remaining steps ``cosine`` decays to 0 at the last step, ``linear`` decays linearly to 0,
+    Warmup: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps; then, with
+    ``progress`` going from 0 at the first step after warmup to 1 at ``total_steps`` (just past the
+    last step), ``cosine`` is ``(1 + cos(π·progress)) / 2``, ``linear`` is ``1 − progress`` and
     ``constant`` stays at 1.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if scheduler == "constant":
         return 1.0
-    decay_steps = max(1, total_steps - warmup_steps - 1)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if scheduler == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0 - progress  # linear

@@ -1,0 +1,170 @@
+"""What a training run reports: a rich progress bar on rank 0, one log file per rank,
+``metrics.jsonl`` (one JSON object per logged step or validation), TensorBoard event files, and
+``training_curves.png`` at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "training_curves.png"
+
+
+def rank_logger(log_dir: Path, rank: int, console: Console | None) -> logging.Logger:
+    """``clipcore.train.rank<r>`` writing to ``log_dir/rank<r>.log`` (and, on rank 0, the console)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"clipcore.train.rank{rank}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    file_handler = logging.FileHandler(log_dir / f"rank{rank}.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(file_handler)
+    if console is not None:
+        from rich.logging import RichHandler
+
+        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+    return logger
+
+
+class TrainLog:
+    """Logging for one rank. Only rank 0 (``main``) draws the bar and writes metrics."""
+
+    def __init__(self, out_dir: Path, *, rank: int, main: bool):
+        self.out_dir, self.main = out_dir, main
+        self.console = Console(stderr=True) if main else None
+        self.logger = rank_logger(out_dir / "logs", rank, self.console)
+        self._metrics = open(out_dir / METRICS_FILE, "a", encoding="utf-8") if main else None
+        self._tb = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_time = time.perf_counter()
+        self._last_samples = 0
+
+    # -- text ---------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        self.logger.info(message)
+
+    def warning(self, message: str) -> None:
+        self.logger.warning(message)
+
+    # -- progress -----------------------------------------------------------------------
+    def start(self, *, total_steps: int, done_steps: int, samples_seen: int) -> None:
+        self._last_time, self._last_samples = time.perf_counter(), samples_seen
+        if not self.main:
+            return
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} samples/s  loss {task.fields[loss]}  lr {task.fields[lr]}  "
+                       "scale {task.fields[scale]}"),
+            TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal)
+        self._task = self._progress.add_task("train", total=total_steps, completed=done_steps, epoch="-",
+                                             rate="-", loss="-", lr="-", scale="-")
+        self._progress.start()
+
+    def advance(self, *, step: int, epoch: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, epoch=epoch)
+
+    def samples_per_second(self, samples_seen: int) -> float:
+        """Throughput since the previous call."""
+        now = time.perf_counter()
+        rate = (samples_seen - self._last_samples) / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_samples = now, samples_seen
+        return rate
+
+    def train_metrics(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Record logged training scalars (rank 0) and show them on the bar."""
+        if not self.main:
+            return
+        self.write(step=step, epoch=epoch, metrics=metrics)
+        lr = next((v for k, v in metrics.items() if k.startswith("train/lr")), float("nan"))
+        if self._progress is not None:
+            self._progress.update(self._task, rate=f"{metrics['train/samples_per_s']:.1f}",
+                                  loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}",
+                                  scale=f"{metrics['train/logit_scale']:.2f}")
+        if self._progress is None or not self.console.is_terminal:
+            self.info(f"epoch {epoch} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def write(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Append one line to metrics.jsonl and the scalars to TensorBoard (rank 0)."""
+        if not self.main:
+            return
+        record = {"step": step, "epoch": epoch, "time": time.time(), **metrics}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        for key, value in metrics.items():
+            self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        for handler in list(self.logger.handlers):
+            self.logger.removeHandler(handler)
+            handler.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; for a step logged twice (a resumed run) the last one wins."""
+    records: dict[tuple[int, bool], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[(record["step"], any(k.startswith("val/") for k in record))] = record
+    return sorted(records.values(), key=lambda r: r["step"])
+
+
+def plot_curves(metrics_path: Path, png_path: Path) -> Path:
+    """``training_curves.png``: training loss, learning rates, and validation metrics by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [r for r in records if "train/loss" in r]
+    val = [r for r in records if any(k.startswith("val/") for k in r)]
+    val_keys = [k for k in ("val/t2i_R@1", "val/i2t_R@1", "val/t2i_R@5", "val/i2t_R@5", "val/t2i_mAP", "val/i2t_mAP")
+                if any(k in r for r in val)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r["step"] for r in train], [r["train/loss"] for r in train])
+    axes[0].set(title="training loss", xlabel="step")
+    for key in sorted({k for r in train for k in r if k.startswith("train/lr")}):
+        axes[1].plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r],
+                     label=key.removeprefix("train/lr/"))
+    axes[1].set(title="learning rate", xlabel="step")
+    if axes[1].lines:
+        axes[1].legend()
+    for key in val_keys:
+        points = [(r["step"], r[key]) for r in val if key in r and math.isfinite(r[key])]
+        axes[2].plot([s for s, _ in points], [v for _, v in points], marker="o", label=key.removeprefix("val/"))
+    axes[2].set(title="validation", xlabel="step")
+    if axes[2].lines:
+        axes[2].legend()
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
