@@ -66,6 +66,19 @@ class RetrievalSet:
 
 
 @attrs.frozen(kw_only=True)
+class RawSample:
+    """One sample as files hold it, for :attr:`DatasetFormat.write`: ``image`` is the image
+    file's bytes (``image_suffix`` its extension, e.g. ``.png``) and ``caption`` the caption
+    file's bytes (UTF-8 text; one caption per line in ``lines`` caption mode). Bytes, not
+    decoded objects, so tests can write corrupt samples too."""
+
+    key: str
+    image: bytes
+    caption: bytes
+    image_suffix: str = ".png"
+
+
+@attrs.frozen(kw_only=True)
 class DatasetFormat:
     """A dataset format, selected by ``dataset.train.type`` / ``dataset.val.type``.
 
@@ -73,11 +86,16 @@ class DatasetFormat:
     - ``build(request) -> BatchLoader``: the training loader for one rank (see :class:`BatchLoader`).
     - ``retrieval(request) -> RetrievalSet``: optional; the validation/evaluation set built from
       ``dataset.val``. Formats without it cannot be used for validation.
+    - ``write(folder, samples, config)``: writes :class:`RawSample` s in this format under
+      ``folder`` and points ``config.dataset.train`` (and ``dataset.val`` when the format has
+      ``retrieval``) at them, returning the config. ``core demo-data`` and the conformance kit
+      (:mod:`core.testing.data_checks`) use it; the kit cannot check a format without it.
     - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
     """
 
     name: str
     build: Callable[[DataRequest], BatchLoader]
     retrieval: Callable[[DataRequest], RetrievalSet] | None = None
+    write: Callable[[Any, Sequence[RawSample], Any], Any] | None = None
     description: str = ""
     config_sections: tuple[Any, ...] = ()
