@@ -1,9 +1,11 @@
 """Image preprocessing from the sidecar's ``deploy.preprocess`` alone (numpy + Pillow, no torch).
 
-Reproduces :class:`core.backbone.PreprocessSpec`: RGB, resize (``squash`` to height x width, or
-``shortest``: scale so the image covers height x width, the short side landing exactly on the
-target, then centre-crop), ``[0, 1]`` scaling, ``(x - mean) / std``, CHW float32. Resizing uses
-Pillow's filters (what torchvision uses on PIL images).
+Reproduces :class:`core.transforms.EvalTransform` (the PyTorch path's eval transform), which
+``tests/test_deploy_runner.py`` checks pixel for pixel: 8-bit RGB (:func:`core.images.to_rgb`,
+transparency over white), the source box that the spec's resize maps onto the output (``squash``:
+the whole image; ``shortest``: torchvision's shortest-side resize then centre crop) resized to
+height x width in one Pillow call, ``x / 255``, ``(x - mean) / std``, CHW float32. The box rule is
+restated here because :mod:`core.transforms` imports torch.
 """
 
 from __future__ import annotations
@@ -15,52 +17,58 @@ import numpy as np
 from PIL import Image
 
 from core.errors import DataError
+from core.images import to_rgb
 
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+Box = tuple[float, float, float, float]
 
 
 def load_rgb(image: str | Path | Image.Image) -> Image.Image:
-    """An RGB PIL image from a path or an image (any mode)."""
+    """An 8-bit RGB PIL image from a path or an image of any mode."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
     try:
         with Image.open(image) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image: {exc}", where=str(image),
                         fix="remove or replace the unreadable file") from None
 
 
-def cover_size(width: int, height: int, target_w: int, target_h: int) -> tuple[int, int]:
-    """The (w, h) a ``shortest`` resize gives: aspect kept, covering the target, the matching
-    side exact and the other truncated (torchvision's rule for square targets)."""
-    if width * target_h >= height * target_w:
-        return max(target_w, int(target_h * width / height)), target_h
-    return target_w, max(target_h, int(target_w * height / width))
-
-
-def resize(img: Image.Image, spec: dict[str, Any]) -> Image.Image:
-    """Resize (and crop) to ``spec`` height x width."""
-    h, w, resample = spec["height"], spec["width"], FILTERS[spec["interpolation"]]
+def source_box(width: int, height: int, spec: dict[str, Any]) -> Box:
+    """The part of a ``width`` x ``height`` image that ends up in the model input."""
+    out_w, out_h = spec["width"], spec["height"]
     if spec["resize_mode"] == "squash":
-        return img.resize((w, h), resample=resample)
-    new_w, new_h = cover_size(img.width, img.height, w, h)
-    if (new_w, new_h) != img.size:
-        img = img.resize((new_w, new_h), resample=resample)
-    top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
-    return img.crop((left, top, left + w, top + h))
+        return 0.0, 0.0, float(width), float(height)
+    if out_w / width >= out_h / height:
+        resized_w, resized_h = out_w, max(out_h, int(out_w * height / width))
+    else:
+        resized_w, resized_h = max(out_w, int(out_h * width / height)), out_h
+    top, left = int(round((resized_h - out_h) / 2.0)), int(round((resized_w - out_w) / 2.0))
+    sx, sy = width / resized_w, height / resized_h
+    return left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy
 
 
 def to_array(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
-    """Normalised CHW float32 array of an already resized image."""
-    x = np.asarray(img, dtype=np.float32) * np.float32(spec.get("scale", 1 / 255))
-    x = (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
+    """Normalised CHW float32 array of a resized 8-bit RGB image."""
+    std = np.asarray(spec["std"], np.float32)
+    scale = np.float32(1.0) / (np.float32(255.0) * std)
+    shift = np.asarray(spec["mean"], np.float32) / std
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32) * scale - shift
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_one(image: str | Path | Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    img = load_rgb(image)
+    size = (spec["width"], spec["height"])
+    img = img.resize(size, FILTERS[spec["interpolation"]], box=source_box(img.width, img.height, spec))
+    return to_array(img, spec)
 
 
 def preprocess(images: Sequence[str | Path | Image.Image], spec: dict[str, Any]) -> np.ndarray:
     """``[N, 3, H, W]`` float32 model input for image paths or PIL images."""
     out = np.empty((len(images), 3, spec["height"], spec["width"]), dtype=np.float32)
     for i, image in enumerate(images):
-        out[i] = to_array(resize(load_rgb(image), spec), spec)
+        out[i] = preprocess_one(image, spec)
     return out
