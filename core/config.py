@@ -263,6 +263,26 @@ class EvalConfig:
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/<action>.")
 
 
+PROMPT_TEMPLATES = Rule(lambda v: all(isinstance(t, str) and t.count("{}") == 1 for t in v),
+                        'prompts containing "{}" exactly once, where the class name goes')
+
+
+@spec
+class EvaluateConfig(EvalConfig):
+    """``evaluate``: the shared fields plus zero-shot classification (evaluate only)."""
+
+    classification_dir: str | None = opt(
+        None, "Zero-shot classification set: a folder with one sub-folder of images per class "
+              "(ImageFolder layout); top-1/top-5 and per-class accuracy go into results.json.")
+    class_names_file: str | None = opt(
+        None, "Class names, one per line in the sorted order of the class folders; unset: the folder "
+              "names with `_` read as spaces.")
+    templates: list[str] = opt(
+        [], 'Prompt templates, "{}" standing for the class name (e.g. "a photo of a {}."); a class\'s '
+            "text embedding is the normalised mean over templates. Empty: clipcore's default set.",
+        validator=PROMPT_TEMPLATES)
+
+
 # --------------------------------------------------------------------------- export / TensorRT
 @spec
 class ExportConfig:
@@ -315,7 +335,8 @@ class ExperimentConfig:
     model: ModelConfig = section(ModelConfig, "The model.")
     train: TrainConfig = section(TrainConfig, "Training.")
     dataset: DatasetConfig = section(DatasetConfig, "Data.")
-    evaluate: EvalConfig = section(EvalConfig, "Evaluation (retrieval metrics on dataset.val).")
+    evaluate: EvaluateConfig = section(
+        EvaluateConfig, "Evaluation (retrieval metrics on dataset.val, zero-shot classification).")
     inference: EvalConfig = section(EvalConfig, "Embedding inference (HDF5 output).")
     export: ExportConfig = section(ExportConfig, "ONNX export.")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "TensorRT engine build.")
