@@ -1,0 +1,194 @@
+"""Cross-field rules of a loaded spec, checked up front for one action (``core.spec.check``).
+
+Single-field ranges are checked while loading (:class:`core.config.Rule`); this module checks what
+needs several fields, the plugin registry or the file system: registered names (model type, loss,
+dataset format), interval ordering, the data and files an action needs, and the backbone family's
+own rules (``BackboneFamily.check``). All problems are reported together in one ConfigError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from core.config import EvalConfig, ExperimentConfig
+from core.errors import ClipcoreError, ConfigError
+from core.registry import Registry, get_registry
+from core.spec_problems import Problem, raise_problems
+
+ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
+
+#: Tower files of a `separate` export: <stem>_vision<suffix> and <stem>_text<suffix>.
+TOWERS = ("_vision", "_text")
+
+
+def check(cfg: ExperimentConfig, action: str | Sequence[str], registry: Registry | None = None, *,
+          check_paths: bool = True) -> None:
+    """Raise one ConfigError listing every cross-field problem of ``cfg`` for ``action`` (or for
+    each of several actions, each problem once).
+
+    ``check_paths=False`` skips the checks that input files exist (to validate a spec written for
+    another machine). A file made by another of the actions checked (the checkpoint of train, the
+    ONNX file of export, the engine of gen_trt_engine) need not exist yet."""
+    actions = [action] if isinstance(action, str) else list(action)
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown:
+        raise ConfigError(f"unknown action {unknown[0]!r}", fix="valid actions: " + ", ".join(ACTIONS))
+    checker = _Checker(cfg, get_registry() if registry is None else registry, check_paths, set(actions))
+    for name in actions:
+        getattr(checker, name)()
+    raise_problems(list(dict.fromkeys(checker.problems)))
+
+
+def tower_paths(path: str) -> list[Path]:
+    """The per-tower files of a `separate` export whose base path is ``path``."""
+    p = Path(path)
+    return [p.with_name(p.stem + tower + p.suffix) for tower in TOWERS]
+
+
+class _Checker:
+    def __init__(self, cfg: ExperimentConfig, registry: Registry, check_paths: bool, actions: set[str]):
+        self.cfg, self.registry, self.check_paths, self.actions = cfg, registry, check_paths, actions
+        self.problems: list[Problem] = []
+
+    def problem(self, key: str, what: str, fix: str | None = None) -> None:
+        self.problems.append(Problem(key, what, fix))
+
+    # -- building blocks ----------------------------------------------------------------------
+    def registered(self, kind: str, name: str, key: str) -> Any | None:
+        try:
+            return self.registry.get(kind, name, key=key)
+        except ClipcoreError as err:
+            self.problem(key, err.what, err.fix)
+            return None
+
+    def exists(self, key: str, path: str | None, kind: Literal["file", "dir", "any"] = "any",
+               made_by: str | None = None) -> None:
+        if not self.check_paths or path is None or "://" in path or made_by in self.actions:
+            return
+        p = Path(path).expanduser()
+        ok = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+        if not ok:
+            what = {"file": "file", "dir": "folder", "any": "path"}[kind]
+            found = "is not a " + what if p.exists() else "does not exist"
+            self.problem(key, f"{what} {path} {found}", f"fix the path in {key}, or create it")
+
+    def exists_or_towers(self, key: str, path: str | None, made_by: str) -> None:
+        """A combined file, or a base path whose per-tower files exist."""
+        if self.check_paths and path is not None and made_by not in self.actions \
+                and not Path(path).exists() and not any(p.exists() for p in tower_paths(path)):
+            names = ", ".join(str(p) for p in tower_paths(path))
+            self.problem(key, f"{path} does not exist (nor do {names})",
+                         f"point {key} at the file written by the previous step")
+
+    def entries(self, key: str, entries: list[Any]) -> None:
+        for i, entry in enumerate(entries):
+            self.exists(f"{key}.{i}.image_dir", entry.image_dir)
+            for name, kind in (("image_list_file", "file"), ("caption_dir", "any")):
+                self.exists(f"{key}.{i}.{name}", getattr(entry, name, None), kind)
+
+    def model(self) -> None:
+        try:
+            family = self.registry.backbone_for(self.cfg.model.type)
+        except ClipcoreError as err:
+            self.problem("model.type", err.what, err.fix)
+            return
+        family_check = getattr(family, "check", None)
+        if family_check is not None:
+            try:
+                family_check(self.cfg)
+            except ClipcoreError as err:
+                self.problem(err.where or "model", err.what, err.fix)
+
+    def weights(self, section: str, ev: EvalConfig) -> None:
+        """At most one of checkpoint / onnx_file / trt_engine, and it must exist."""
+        chosen = [n for n in ("checkpoint", "onnx_file", "trt_engine") if getattr(ev, n) is not None]
+        if len(chosen) > 1:
+            self.problem(section, f"{' and '.join(f'{section}.{n}' for n in chosen)} are all set",
+                         "set only one: a checkpoint, an ONNX file or a TensorRT engine")
+        self.exists(f"{section}.checkpoint", ev.checkpoint, "file", made_by="train")
+        self.exists_or_towers(f"{section}.onnx_file", ev.onnx_file, made_by="export")
+        self.exists_or_towers(f"{section}.trt_engine", ev.trt_engine, made_by="gen_trt_engine")
+
+    # -- actions --------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, t, m = self.cfg, self.cfg.train, self.cfg.model
+        self.model()
+        if t.validation_interval > t.num_epochs:
+            self.problem("train.validation_interval",
+                         f"{t.validation_interval} is larger than train.num_epochs ({t.num_epochs})",
+                         "set validation_interval <= num_epochs")
+        if t.checkpoint_interval_unit == "epoch" and t.checkpoint_interval > t.num_epochs:
+            self.problem("train.checkpoint_interval",
+                         f"{t.checkpoint_interval} epochs is larger than train.num_epochs ({t.num_epochs})",
+                         'set checkpoint_interval <= num_epochs (or checkpoint_interval_unit = "step")')
+        for tower in ("vision", "text"):
+            if getattr(m, f"{tower}_unlocked_layers") and not getattr(m, f"freeze_{tower}_encoder"):
+                self.problem(f"model.{tower}_unlocked_layers",
+                             f"only applies when model.freeze_{tower}_encoder = true",
+                             f"set freeze_{tower}_encoder = true (to train only the last blocks) "
+                             f"or {tower}_unlocked_layers = 0")
+        self.registered("losses", t.loss_type, "train.loss_type")
+        data = cfg.dataset.train
+        if self.registered("dataset_formats", data.type, "dataset.train.type"):
+            if data.type == "wds":
+                if not (data.wds.root_dir or data.wds.shard_list_file):
+                    self.problem("dataset.train.wds", "no shards: root_dir and shard_list_file are unset",
+                                 "set dataset.train.wds.root_dir (a folder of .tar shards) or shard_list_file")
+                self.exists("dataset.train.wds.root_dir", data.wds.root_dir, "dir")
+                self.exists("dataset.train.wds.shard_list_file", data.wds.shard_list_file, "file")
+            elif not data.datasets:
+                self.problem("dataset.train.datasets", "no training data",
+                             "add a [[dataset.train.datasets]] table with image_dir (and caption_dir), "
+                             "or shards with dataset.train.type = \"wds\"")
+        self.entries("dataset.train.datasets", data.datasets)
+        if cfg.dataset.val.datasets:
+            self.registered("dataset_formats", cfg.dataset.val.type, "dataset.val.type")
+            self.entries("dataset.val.datasets", cfg.dataset.val.datasets)
+        if t.resume_training_checkpoint_path not in (None, "auto", "latest"):
+            self.exists("train.resume_training_checkpoint_path", t.resume_training_checkpoint_path, "file")
+        self.exists("train.pretrained_model_path", t.pretrained_model_path, "file")
+
+    def evaluate(self) -> None:
+        val = self.cfg.dataset.val
+        self.model()
+        if not val.datasets:
+            self.problem("dataset.val.datasets", "evaluate needs validation data",
+                         "add a [[dataset.val.datasets]] table with image_dir (and caption_dir)")
+        self.registered("dataset_formats", val.type, "dataset.val.type")
+        self.entries("dataset.val.datasets", val.datasets)
+        self.weights("evaluate", self.cfg.evaluate)
+
+    def inference(self) -> None:
+        inf = self.cfg.inference
+        self.model()
+        if not inf.datasets and inf.text_file is None:
+            self.problem("inference", "nothing to embed: inference.datasets and inference.text_file are unset",
+                         "add an [[inference.datasets]] table with image_dir, or set inference.text_file")
+        self.entries("inference.datasets", inf.datasets)
+        self.exists("inference.text_file", inf.text_file, "file")
+        self.weights("inference", inf)
+
+    def export(self) -> None:
+        ex = self.cfg.export
+        self.model()
+        self.exists("export.checkpoint", ex.checkpoint, "file", made_by="train")
+        if ex.onnx_file is not None and not ex.force:
+            outputs = [Path(ex.onnx_file)] if ex.encoder_type == "combined" else tower_paths(ex.onnx_file)
+            taken = [str(p) for p in outputs if p.exists()]
+            if taken:
+                self.problem("export.onnx_file", f"{', '.join(taken)} already exists",
+                             "set export.force = true to overwrite, or choose another onnx_file")
+
+    def gen_trt_engine(self) -> None:
+        gen = self.cfg.gen_trt_engine
+        if gen.onnx_file is None:
+            self.problem("gen_trt_engine.onnx_file", "not set",
+                         "point it at the ONNX file written by `core export` (export.onnx_file)")
+        self.exists_or_towers("gen_trt_engine.onnx_file", gen.onnx_file, made_by="export")
+        trt = gen.tensorrt
+        if not trt.min_batch_size <= trt.opt_batch_size <= trt.max_batch_size:
+            self.problem("gen_trt_engine.tensorrt",
+                         f"batch profile must satisfy min <= opt <= max, got min_batch_size "
+                         f"{trt.min_batch_size}, opt_batch_size {trt.opt_batch_size}, "
+                         f"max_batch_size {trt.max_batch_size}", "reorder the three batch sizes")
