@@ -200,6 +200,12 @@ class WdsConfig:
     root_dir: str | None = opt(None, "Folder searched recursively for *.tar shards.")
     shard_list_file: str | None = opt(None, "File with one shard per line (brace expansion, URLs).")
     samples_per_shard: int = opt(10000, "Samples per shard; defines the epoch length.", validator=at_least(1))
+    count_samples: bool = opt(
+        False, "Count the samples of every (local) shard at start-up instead of trusting samples_per_shard.")
+    caption_mode: Literal["file", "lines"] = opt(
+        "file", "file: the whole txt/text member is one caption; lines: each non-empty line is one (one is drawn).")
+    shuffle_buffer: int = opt(1000, "Samples held by each loader worker's shuffle buffer (1 = shard order).",
+                              validator=at_least(1))
 
 
 @spec
