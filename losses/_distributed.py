@@ -29,7 +29,7 @@ class _AllGather(torch.autograd.Function):
         rank, size = world()
         ctx.rank, ctx.size = rank, size
         out = tensor.new_empty((size * tensor.shape[0], *tensor.shape[1:]))
-        dist.all_gather_into_tensor(out, tensor.contiguous())
+        dist.all_gather_single(out, tensor.contiguous())
         return out
 
     @staticmethod
@@ -39,7 +39,7 @@ class _AllGather(torch.autograd.Function):
             dist.all_reduce(grad)
             return grad.chunk(ctx.size)[ctx.rank]
         out = grad.new_empty((grad.shape[0] // ctx.size, *grad.shape[1:]))
-        dist.reduce_scatter_tensor(out, grad)
+        dist.reduce_scatter_single(out, grad)
         return out
 
 

@@ -1,0 +1,242 @@
+"""The siglip and clip loss plugins, the loss conformance checks and exact accumulation.
+
+open_clip is imported inside the tests that compare with it: the spawned ranks import this
+module, and should not pay for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import losses.clip
+import losses.siglip
+from core.accumulate import accumulated_step
+from core.config import ExperimentConfig
+from core.errors import ConfigError
+from core.loss import MAX_LOGIT_SCALE, LossSpec, clamp_logit_scale
+from core.registry import Provider, load_registry
+from core.testing.loss_checks import (LOSS_CHECKS, check_identity_value, check_logit_params_used,
+                                      distributed_equivalence)
+from losses.siglip import SiglipLossConfig
+
+torch.set_num_threads(1)
+PROVIDER = Provider("test", "clipcore", "0")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(plugins=[(Provider("siglip_loss", "clipcore", "0"), losses.siglip),
+                                  (Provider("clip_loss", "clipcore", "0"), losses.clip)], use_entry_points=False)
+
+
+def siglip_cfg(**section) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    cfg.plugins["train.siglip"] = SiglipLossConfig(**section)
+    return cfg
+
+
+def random_problem(n=12, dim=8, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(n, dim, generator=generator, dtype=dtype), dim=-1)
+    text = F.normalize(image + torch.randn(n, dim, generator=generator, dtype=dtype), dim=-1)
+    return image, text, torch.tensor(2.3, dtype=dtype), torch.tensor(-3.0, dtype=dtype)
+
+
+def loss_and_grads(loss_fn, image, text, log_scale, bias):
+    leaves = [t.clone().requires_grad_() for t in (image, text, log_scale, bias)]
+    loss = loss_fn(leaves[0], leaves[1], leaves[2].exp(), leaves[3])
+    loss.backward()
+    return [loss.detach()] + [t.grad for t in leaves]
+
+
+def open_clip_loss(name: str) -> nn.Module:
+    from open_clip import loss
+
+    return {"siglip": loss.SigLipLoss, "clip": loss.ClipLoss}[name]()
+
+
+# --------------------------------------------------------------------------- values
+@pytest.mark.parametrize("ours, theirs", [
+    (losses.siglip.SigLipLoss(), "siglip"),
+    (losses.siglip.SigLipLoss(chunk_size=5), "siglip"),
+    (losses.clip.ClipLoss(), "clip"),
+], ids=["siglip", "siglip-chunked", "clip"])
+def test_single_process_matches_open_clip(ours, theirs):
+    problem, theirs = random_problem(), open_clip_loss(theirs)
+    for a, b in zip(loss_and_grads(ours, *problem), loss_and_grads(theirs, *problem)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("module, reference", [(losses.siglip, "siglip"), (losses.clip, "clip")])
+def test_identity_value_is_the_closed_form(module, reference):
+    reference = open_clip_loss(reference)
+    for batch, scale, bias in ((1, 1.0, -10.0), (6, 10.0, -10.0), (9, 100.0, 0.5)):
+        features = torch.eye(batch, batch + 2, dtype=torch.float64)
+        expected = reference(features, features, torch.tensor(scale, dtype=torch.float64),
+                             torch.tensor(bias, dtype=torch.float64))
+        assert module.identity_value(batch, scale, bias) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_siglip_chunks_and_bf16_autocast_give_fp32_results():
+    image, text, log_scale, bias = (t.float() for t in random_problem(n=10))
+    reference = loss_and_grads(losses.siglip.SigLipLoss(), image, text, log_scale, bias)
+    for chunk in (1, 3, 10, 64):
+        for a, b in zip(loss_and_grads(losses.siglip.SigLipLoss(chunk_size=chunk), image, text, log_scale, bias),
+                        reference):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    leaves = [image.bfloat16().requires_grad_(), text.bfloat16().requires_grad_()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = losses.siglip.SigLipLoss()(*leaves, log_scale.exp(), bias)
+    loss.backward()
+    assert loss.dtype == torch.float32 and leaves[0].grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, reference[0], rtol=2e-2, atol=0)
+
+
+# --------------------------------------------------------------------------- config
+def test_siglip_section_is_declared_and_honoured(registry):
+    spec = registry.get("losses", "siglip", key="train.loss_type")
+    assert [s.path for s in spec.config_sections] == ["train.siglip"]
+    assert (spec.init_logit_scale, spec.init_logit_bias) == (pytest.approx(math.log(10)), -10.0)
+    built = spec.build(siglip_cfg(dist_impl="gather", chunk_size=256))
+    assert (built.config.dist_impl, built.config.chunk_size) == ("gather", 256)
+    assert spec.build(ExperimentConfig()).config == SiglipLossConfig()
+    clip = registry.get("losses", "clip", key="train.loss_type")
+    assert (clip.init_logit_scale, clip.init_logit_bias) == (pytest.approx(math.log(1 / 0.07)), None)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"dist_impl": "ring"}, "train.siglip.dist_impl: unknown siglip distributed implementation 'ring'"),
+    ({"chunk_size": -1}, "train.siglip.chunk_size: chunk size must be an integer >= 0, got -1"),
+])
+def test_bad_siglip_section_is_one_clear_error(section, message):
+    with pytest.raises(ConfigError) as err:
+        SiglipLossConfig(**section)
+    assert str(err.value).startswith(message) and "fix:" in str(err.value)
+
+
+def test_clamp_logit_scale_keeps_log_scale_in_range():
+    outer = nn.Sequential(nn.Module(), nn.Module())
+    outer[0].logit_scale, outer[1].logit_scale = nn.Parameter(torch.tensor(9.0)), nn.Parameter(torch.tensor(-1.0))
+    outer[0].logit_bias = nn.Parameter(torch.tensor(-20.0))
+    clamp_logit_scale(outer)
+    assert outer[0].logit_scale.item() == pytest.approx(MAX_LOGIT_SCALE)
+    assert outer[1].logit_scale.item() == 0.0 and outer[0].logit_bias.item() == -20.0
+
+
+# --------------------------------------------------------------------------- conformance checks
+@pytest.mark.parametrize("name", ["siglip", "clip"])
+def test_builtin_losses_pass_the_local_checks(registry, name):
+    entry = registry.entries["losses"][name]
+    for check in LOSS_CHECKS[:-1]:  # the distributed check runs below, batched in one spawn
+        check(entry, registry)
+
+
+def build_biasless_siglip(cfg):
+    """A broken plugin: a sigmoid loss that ignores the bias."""
+    return lambda image, text, scale, bias: losses.siglip.SigLipLoss()(image, text, scale, None)
+
+
+def build_local_only_siglip(cfg):
+    """A broken plugin: a sigmoid loss that sees only this rank's pairs."""
+    return lambda image, text, scale, bias: losses.siglip.sigmoid_pair_sum(
+        image, text, scale, bias, positive_offset=0) / len(image)
+
+
+def broken(build) -> LossSpec:
+    return LossSpec(name="broken", build=build, init_logit_scale=0.0, init_logit_bias=0.0,
+                    identity_value=losses.siglip.identity_value)
+
+
+def test_checks_name_the_plugin_and_the_rule(registry):
+    entry = attrs.evolve(registry.entries["losses"]["siglip"], obj=broken(build_biasless_siglip), name="broken")
+    with pytest.raises(AssertionError, match=r"plugin 'siglip_loss', loss 'broken': rule identity value: batch 4"):
+        check_identity_value(entry, registry)
+    with pytest.raises(AssertionError, match="loss 'broken': rule logit parameters used: the logit bias"):
+        check_logit_params_used(entry, registry)
+
+
+@pytest.mark.distributed
+def test_two_ranks_equal_one_process(registry):
+    """siglip (bidir, gather, chunked) and clip pass; a local-only loss is caught, alone."""
+    siglip, clip = (registry.entries["losses"][n].obj for n in ("siglip", "clip"))
+    cases = [("siglip bidir", siglip, None), ("siglip gather", siglip, siglip_cfg(dist_impl="gather")),
+             ("siglip bidir chunked", siglip, siglip_cfg(chunk_size=2)),
+             ("siglip gather chunked", siglip, siglip_cfg(dist_impl="gather", chunk_size=2)),
+             ("clip", clip, None), ("local-only", broken(build_local_only_siglip), None)]
+    with pytest.raises(AssertionError) as err:
+        distributed_equivalence(cases, world_size=2)
+    lines = [line for line in str(err.value).splitlines() if "rule distributed equivalence" in line]
+    assert lines and all(line.startswith("local-only: rule distributed equivalence (2 gloo") for line in lines)
+
+
+@pytest.mark.distributed
+def test_four_ranks_equal_one_process(registry):
+    """Four ranks exercise the bidirectional ring rounds and the final one-way hop."""
+    siglip, clip = (registry.entries["losses"][n].obj for n in ("siglip", "clip"))
+    distributed_equivalence([("siglip bidir", siglip, siglip_cfg(chunk_size=1)),
+                             ("siglip gather", siglip, siglip_cfg(dist_impl="gather")), ("clip", clip, None)],
+                            world_size=4, batch=2)
+
+
+# --------------------------------------------------------------------------- accumulation
+def tiny_model(dropout: float = 0.0) -> nn.Module:
+    from clipcore_example_backbone.plugin import TinyClip
+
+    torch.manual_seed(0)
+    model = TinyClip("example-tiny")
+    if dropout:
+        model.text_tower["proj"] = nn.Sequential(nn.Dropout(dropout), model.text_tower["proj"])
+    return model
+
+
+def batches(k: int, size: int):
+    generator = torch.Generator().manual_seed(1)
+    return [{"image": torch.randn(size, 3, 32, 32, generator=generator),
+             "input_ids": torch.randint(2, 258, (size, 32), generator=generator)} for _ in range(k)]
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss_fn", [losses.siglip.SigLipLoss(), losses.clip.ClipLoss()], ids=["siglip", "clip"])
+def test_accumulation_over_k_micro_batches_equals_one_big_batch(loss_fn):
+    micro = batches(3, 4)
+    whole = [{key: torch.cat([b[key] for b in micro]) for key in ("image", "input_ids")}]
+    results = []
+    for split in (whole, micro):
+        model = tiny_model()
+        loss = accumulated_step(model, loss_fn, split)
+        results.append((loss, grads(model)))
+    (big_loss, big_grads), (acc_loss, acc_grads) = results
+    torch.testing.assert_close(acc_loss, big_loss, rtol=1e-5, atol=1e-6)
+    assert acc_grads.keys() == big_grads.keys() and "logit_scale" in acc_grads
+    for name in big_grads:
+        torch.testing.assert_close(acc_grads[name], big_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    model = tiny_model()
+    assert torch.allclose(accumulated_step(model, loss_fn, micro, backward=False), big_loss, atol=1e-6)
+    assert not grads(model)
+
+
+def test_accumulation_replays_dropout_masks():
+    """Pass 2 sees the features pass 1 cached: the gradients are those of one forward in order."""
+    loss_fn, micro = losses.siglip.SigLipLoss(), batches(2, 4)
+    model = tiny_model(dropout=0.5).train()
+    torch.manual_seed(7)
+    out = [model(b["image"], b["input_ids"]) for b in micro]
+    loss = loss_fn(*(torch.cat([o[k] for o in out]) for k in ("image_features", "text_features")),
+                   out[0]["logit_scale"], out[0]["logit_bias"])
+    loss.backward()
+    expected, after = grads(model), torch.get_rng_state()
+    model.zero_grad()
+    torch.manual_seed(7)
+    torch.testing.assert_close(accumulated_step(model, loss_fn, micro), loss.detach(), rtol=1e-5, atol=1e-6)
+    for name, grad in grads(model).items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert torch.equal(torch.get_rng_state(), after)
