@@ -201,7 +201,8 @@ def _apply_override(data: dict[str, Any], text: str, sections: dict[str, type]) 
     node: Any = data
     for i, part in enumerate(parts):
         last, here = i == len(parts) - 1, ".".join(parts[:i]) or "the top level"
-        fresh = None if last else ([] if parts[i + 1].isdigit() else {})
+        listed = not last and (parts[i + 1].isdigit() or typing.get_origin(type_at(parts[:i + 1], sections)) is list)
+        fresh = None if last else ([] if listed else {})
         if isinstance(node, list):
             if not part.isdigit():
                 raise ConfigError(f"{here} is a list: expected an index, got {part!r}", where=where,
