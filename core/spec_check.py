@@ -150,14 +150,18 @@ class _Checker:
         self.exists("train.pretrained_model_path", t.pretrained_model_path, "file")
 
     def evaluate(self) -> None:
-        val = self.cfg.dataset.val
+        val, ev = self.cfg.dataset.val, self.cfg.evaluate
         self.model()
-        if not val.datasets:
+        if not val.datasets and ev.classification_dir is None:
             self.problem("dataset.val.datasets", "evaluate needs validation data",
-                         "add a [[dataset.val.datasets]] table with image_dir (and caption_dir)")
-        self.registered("dataset_formats", val.type, "dataset.val.type")
-        self.entries("dataset.val.datasets", val.datasets)
-        self.weights("evaluate", self.cfg.evaluate)
+                         "add a [[dataset.val.datasets]] table with image_dir (and caption_dir) for "
+                         "retrieval, or set evaluate.classification_dir for zero-shot classification")
+        if val.datasets:
+            self.registered("dataset_formats", val.type, "dataset.val.type")
+            self.entries("dataset.val.datasets", val.datasets)
+        self.exists("evaluate.classification_dir", ev.classification_dir, "dir")
+        self.exists("evaluate.class_names_file", ev.class_names_file, "file")
+        self.weights("evaluate", ev)
 
     def inference(self) -> None:
         inf = self.cfg.inference

@@ -77,7 +77,7 @@ class _Writer:
             if table_item(f.type):
                 continue
             value = getattr(obj, f.name)
-            self.lines += comment(_help(f)) + [f"# {_valid(f)}"]
+            self.lines += comment(_help(f)) + comment(_valid(f))
             self.lines.append(f"# {_key(f.name)} = <{describe(f.type)}>" if value is None
                               else f"{_key(f.name)} = {format_value(value)}")
 

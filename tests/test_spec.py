@@ -322,6 +322,8 @@ def test_runnable_config_passes_every_action(registry, data_dirs):
     (["train.pretrained_model_path=/no/w.pth"], "train", "train.pretrained_model_path: file /no/w.pth does not exist"),
     (["evaluate.checkpoint=/no/c.pth"], "evaluate", "evaluate.checkpoint: file /no/c.pth does not exist"),
     (["inference.text_file=/no/p.txt"], "inference", "inference.text_file: file /no/p.txt does not exist"),
+    (["evaluate.classification_dir=/no/classes"], "evaluate",
+     "evaluate.classification_dir: folder /no/classes does not exist"),
     (["gen_trt_engine.tensorrt.opt_batch_size=32"], "gen_trt_engine", "min <= opt <= max"),
     ([], "gen_trt_engine", "gen_trt_engine.onnx_file: not set"),
     (["gen_trt_engine.onnx_file=/no/m.onnx"], "gen_trt_engine",
@@ -341,10 +343,12 @@ def test_checkpoint_interval_in_steps_may_exceed_epochs(registry, data_dirs):
           "train", registry)
 
 
-def test_actions_need_their_data(registry):
+def test_actions_need_their_data(registry, tmp_path):
     cfg = load_config(None, registry=registry)
     assert "dataset.train.datasets: no training data" in check_error(registry, cfg, "train")
     assert "dataset.val.datasets: evaluate needs validation data" in check_error(registry, cfg, "evaluate")
+    check(attrs.evolve(cfg, evaluate=attrs.evolve(cfg.evaluate, classification_dir=str(tmp_path))),
+          "evaluate", registry)  # zero-shot classification alone is enough
     assert "inference: nothing to embed" in check_error(registry, cfg, "inference")
 
 
@@ -551,3 +555,10 @@ def test_validate_command(cli, data_dirs):
     assert code == 2 and "evaluate needs validation data" in err
     code, _, err = cli("validate", "-c", data_dirs / "missing.toml")
     assert code == 2 and "spec file not found" in err and "Traceback" not in err
+
+
+def test_example_spec_loads_and_checks(registry):
+    example = Path(__file__).parents[1] / "clip.toml.example"
+    cfg = load_config(example, registry=registry)
+    assert cfg.model.type == "siglip2-so400m-patch16-256" and cfg.dataset.train.datasets[0].image_dir
+    check(cfg, spec.ACTIONS, registry, check_paths=False)
