@@ -1,0 +1,46 @@
+"""RADIO-CLIP as a :class:`core.backbone.ClipModel`: C-RADIOv3 + adaptor head / teacher text tower."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from core.backbone import ClipModel, PreprocessSpec, Tokenizer
+
+from backbones.radio.text import ClipText, SiglipText
+from backbones.radio.vision import RadioVisionTower
+
+
+class RadioClip(ClipModel):
+    """Image embedding = the adaptor head on the teacher's CLS token (fp32); text embedding = the
+    teacher's own text tower. Both are unnormalised; ``encode_*(normalize=True)`` normalises."""
+
+    def __init__(self, *, model_type: str, adaptor: str, vision: RadioVisionTower, text: SiglipText | ClipText,
+                 tokenizer: Tokenizer, preprocess: PreprocessSpec, logit_scale: nn.Parameter,
+                 logit_bias: nn.Parameter | None):
+        super().__init__()
+        self.model_type, self.adaptor = model_type, adaptor
+        self.embed_dim = vision.head.out_dim
+        self.vision_tower, self.text_tower = vision, text
+        self.tokenizer, self.preprocess = tokenizer, preprocess
+        self.logit_scale, self.logit_bias = logit_scale, logit_bias
+        self.export_refusal = None
+        self.fsdp_wrap_classes = (type(vision.trunk.blocks[0]), text.layer_class)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vision_tower(images)
+
+    def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_tower(input_ids)
+
+    def vision_blocks(self) -> Sequence[nn.Module]:
+        return list(self.vision_tower.trunk.blocks)
+
+    def text_blocks(self) -> Sequence[nn.Module]:
+        return self.text_tower.blocks()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vision_tower.trunk.set_grad_checkpointing(enable)
+        self.text_tower.set_grad_checkpointing(enable)

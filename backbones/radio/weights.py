@@ -1,0 +1,185 @@
+"""Reading a published C-RADIOv3 ``.pth.tar`` safely and mapping it onto timm and the adaptor head.
+
+The file is a pickled dict ``{"args": argparse.Namespace, "state_dict": ..., "state_dict_ema": ...}``
+(EMA weights preferred). It is read with ``torch.load(weights_only=True)``, allow-listing only
+``argparse.Namespace``. Keys are normalised (``module.`` stripped, ``*.parametrizations.weight.original``
+→ ``*.weight``, LayerScale ``grandma`` → ``gamma``) and sorted into the backbone (``base_model.*``,
+mapped to timm ``NaFlexVit`` names), the input conditioner (mean/std) and the summary heads
+(``_heads.<index or name>.*``). Parts a text-aligned summary never uses (per-patch feature heads,
+feature normalisers, the unused ``reg_token``) are dropped by name; any other key is an error
+that lists it, so nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from core.errors import ClipcoreError
+
+# Prefixes (after normalisation) that hold nothing the summary adaptor needs.
+UNUSED_PREFIXES = ("_feature_projections.", "_feature_normalizer.", "_intermediate_feature_normalizer.")
+UNUSED_KEYS = ("base_model.reg_token", "summary_idxs")
+SPECTRAL_BUFFER = re.compile(r"\.parametrizations\.weight\.\d+\.")
+
+
+@attrs.frozen(kw_only=True)
+class RadioCheckpoint:
+    """A published RADIO checkpoint, normalised.
+
+    ``trunk`` uses timm ``NaFlexVit`` key names; ``heads`` maps a head key (teacher index or
+    name, as a string) to its adaptor state dict; ``mean``/``std`` come from the input conditioner.
+    """
+
+    path: Path
+    args: argparse.Namespace
+    trunk: dict[str, torch.Tensor]
+    heads: dict[str, dict[str, torch.Tensor]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def teachers(self) -> list[dict[str, Any]]:
+        return list(getattr(self.args, "teachers", None) or [])
+
+    @property
+    def num_registers(self) -> int:
+        return int(getattr(self.args, "cpe_num_registers", 0) or 0)
+
+    @property
+    def cls_per_teacher(self) -> bool:
+        return bool(getattr(self.args, "cls_token_per_teacher", True))
+
+
+def read_checkpoint(path: str | Path, *, where: str) -> RadioCheckpoint:
+    """Load and normalise the ``.pth.tar`` at ``path`` (``where``: the config key it came from)."""
+    path = Path(path)
+    return parse_checkpoint(load_file(path, where=where), path, where=where)
+
+
+def parse_checkpoint(raw: Any, path: Path, *, where: str) -> RadioCheckpoint:
+    """Normalise the object ``load_file`` read from ``path``."""
+    if not isinstance(raw, dict) or "args" not in raw or not ({"state_dict", "state_dict_ema"} & raw.keys()):
+        keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+        raise ClipcoreError(f"{path} is not a RADIO torch-hub checkpoint (no `args` + `state_dict`; found {keys})",
+                            where=where, fix="use the published c-radio_v3-*_half.pth.tar, which holds the adaptor heads")
+    args = raw["args"]
+    if not isinstance(args, argparse.Namespace):
+        raise ClipcoreError(f"{path}: `args` is a {type(args).__name__}, expected argparse.Namespace", where=where,
+                            fix="use the published c-radio_v3-*_half.pth.tar")
+    _check_mlp_version(args, path, where)
+    state = normalize_keys(raw.get("state_dict_ema") or raw["state_dict"], path=path, where=where)
+
+    base, heads, conditioner, leftover = {}, {}, {}, []
+    for key, value in state.items():
+        if key.startswith("base_model.") and key not in UNUSED_KEYS:
+            base[key[len("base_model."):]] = value
+        elif key.startswith("_heads."):
+            name, _, rest = key[len("_heads."):].partition(".")
+            heads.setdefault(name, {})[rest] = value
+        elif key.startswith("input_conditioner."):
+            conditioner[key[len("input_conditioner."):]] = value
+        elif not (key in UNUSED_KEYS or key.startswith(UNUSED_PREFIXES)):
+            leftover.append(key)
+    trunk, unmapped = to_timm_keys(base)
+    leftover += ["base_model." + k for k in unmapped]
+    if leftover:
+        raise ClipcoreError(
+            f"{path}: {len(leftover)} checkpoint keys have no place in the timm C-RADIOv3 model: "
+            + ", ".join(leftover[:10]) + (" ..." if len(leftover) > 10 else ""), where=where,
+            fix="this file's layout differs from the published C-RADIOv3 torch-hub checkpoints; "
+                "please report it with these key names")
+    mean, std = _conditioner(conditioner, path, where)
+    return RadioCheckpoint(path=path, args=args, trunk=trunk, heads=heads, mean=mean, std=std)
+
+
+def load_file(path: Path, *, where: str) -> Any:
+    """``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allow-listed (memory-mapped
+    when the file is in the zip format); unreadable or unsafe files raise a ClipcoreError."""
+    if not path.is_file():
+        raise ClipcoreError(f"RADIO checkpoint not found: {path}", where=where,
+                            fix="point it at the downloaded c-radio_v3-*_half.pth.tar (see README, RADIO-CLIP)")
+    if path.suffix == ".safetensors":
+        raise ClipcoreError(f"{path} is the Hugging Face backbone-only export, which has no adaptor heads",
+                            where=where, fix="download the torch-hub file c-radio_v3-*_half.pth.tar from the "
+                                             "same Hugging Face repository and point at it")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
+        raise ClipcoreError(f"{path} needs arbitrary unpickling, which clipcore refuses (it can run code): "
+                            f"{detail.strip()}", where=where,
+                            fix="use the published C-RADIOv3 .pth.tar (tensors + argparse.Namespace only)") from None
+    except Exception as exc:
+        raise ClipcoreError(f"cannot read {path}: {exc}".split("\n")[0], where=where,
+                            fix="the file is truncated or not a PyTorch checkpoint; download it again") from None
+
+
+def _check_mlp_version(args: argparse.Namespace, path: Path, where: str) -> None:
+    version = getattr(args, "mlp_version", "v2")
+    if version not in (None, "v2"):
+        raise ClipcoreError(f"{path}: adaptor heads are mlp_version {version!r}; clipcore implements v2 "
+                            "(C-RADIOv2.5 and later)", where=where, fix="use a C-RADIOv3 checkpoint")
+
+
+def normalize_keys(state: dict[str, torch.Tensor], *, path: Path, where: str) -> dict[str, torch.Tensor]:
+    """Strip ``module.``, fold identity parametrizations into plain weights, rename LayerScale
+    ``grandma`` → ``gamma``. Spectral-norm buffers cannot be folded without the exact
+    reparametrisation and are refused."""
+    spectral = [k for k in state if SPECTRAL_BUFFER.search(k)]
+    if spectral:
+        raise ClipcoreError(
+            f"{path}: weights are spectrally reparametrised ({spectral[0]} and {len(spectral) - 1} more); "
+            "clipcore folds only identity parametrizations", where=where,
+            fix="use the published C-RADIOv3 checkpoint, whose weights are stored plain")
+    out = {}
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        key = key.replace(".parametrizations.weight.original", ".weight").replace(".grandma", ".gamma")
+        out[key] = value
+    return out
+
+
+def to_timm_keys(base: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """RADIO backbone keys (``base_model.`` stripped) → timm ``NaFlexVit`` keys, and the keys left over.
+
+    The bias-free linear patch embedding over ``(C, ph, pw)``-flattened patches becomes timm's
+    linear embedding over ``(ph, pw, C)`` patches with a zero bias; the 1-D position table becomes
+    a square grid; the CLS tokens (one per teacher, then registers) become timm's ``cls_token``
+    (first) and ``reg_token`` (the rest).
+    """
+    out, leftover = {}, []
+    for key, value in base.items():
+        if key == "patch_generator.embedder.weight":
+            patch = math.isqrt(value.shape[1] // 3)
+            out["embeds.proj.weight"] = value.reshape(value.shape[0], 3, patch, patch).permute(0, 2, 3, 1).flatten(1)
+            out["embeds.proj.bias"] = value.new_zeros(value.shape[0])
+        elif key == "patch_generator.pos_embed":
+            grid = math.isqrt(value.shape[-2])
+            out["embeds.pos_embed"] = value.reshape(1, grid, grid, value.shape[-1])
+        elif key == "patch_generator.cls_token.token":
+            out["embeds.cls_token"] = value[None, :1]
+            out["embeds.reg_token"] = value[None, 1:]
+        elif key.startswith("blocks."):
+            out[key] = value
+        else:
+            leftover.append(key)
+    return out, leftover
+
+
+def _conditioner(state: dict[str, torch.Tensor], path: Path, where: str):
+    if set(state) != {"norm_mean", "norm_std"}:
+        raise ClipcoreError(f"{path}: input conditioner has keys {sorted(state)}, expected norm_mean and norm_std",
+                            where=where, fix="use the published C-RADIOv3 checkpoint")
+    return (tuple(float(v) for v in state["norm_mean"].flatten()),
+            tuple(float(v) for v in state["norm_std"].flatten()))
