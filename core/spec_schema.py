@@ -175,10 +175,6 @@ def accepts_str(tp: Any) -> bool:
     return str in members(tp)
 
 
-def is_optional(tp: Any) -> bool:
-    return type(None) in members(tp)
-
-
 def choices(tp: Any) -> tuple[Any, ...]:
     """The valid values of a Literal (or optional Literal) type; empty for other types."""
     for m in members(tp):

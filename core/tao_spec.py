@@ -9,7 +9,6 @@ and writing the result are :func:`core.spec.convert_tao_spec`'s job.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 from pathlib import Path
 from typing import Any
@@ -90,10 +89,9 @@ def read_tao_spec(path: str | Path) -> dict[str, Any]:
 
 def translate(tao: dict[str, Any]) -> Translation:
     """clipcore spec data from a TAO spec mapping (see the module docstring)."""
-    data = copy.deepcopy(tao)
     dropped: list[str] = []
     notes: list[str] = []
-    data = _clean(data, [], dropped, notes)
+    data = _clean(tao, [], dropped, notes)
     renamed = _rename(data)
     for key, advice in TAO_DEFAULTS.items():
         section, _, name = key.rpartition(".")

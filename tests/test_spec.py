@@ -540,8 +540,11 @@ def test_get_spec_command_writes_atomically_and_refuses_to_overwrite(cli, tmp_pa
 
 
 def test_convert_spec_command(cli, tmp_path):
-    code, _, _ = cli("convert-spec", tao_example(TAO_EXAMPLES[1]), "-o", tmp_path / "clip.toml")
+    code, _, err = cli("convert-spec", tao_example(TAO_EXAMPLES[1]), "-o", tmp_path / "clip.toml")
     assert code == 0 and 'type = "c-radio_v3-h"' in (tmp_path / "clip.toml").read_text()
+    assert "Converted from the TAO experiment spec tao_spec_radio_clip.yaml" in err and "wrote " in err
+    code, _, err = cli("convert-spec", tmp_path / "missing.yaml")
+    assert code == 2 and "TAO spec file not found" in err
 
 
 def test_validate_command(cli, data_dirs):

@@ -20,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     text = convert_tao_spec(args.tao_spec)
     write_spec_file(text, args.output, force=args.force)
-    dropped = [line for line in text.splitlines() if line.startswith("#   ")]
     if args.output:
-        print(f"wrote {args.output}", file=sys.stderr)
-    if dropped:
-        print("dropped keys and notes (also at the top of the output):", *dropped, sep="\n", file=sys.stderr)
+        header = text.partition("\n\n")[0]  # what was converted, dropped and renamed
+        print(f"{header}\nwrote {args.output}", file=sys.stderr)
     return 0
