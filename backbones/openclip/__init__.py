@@ -1,0 +1,23 @@
+"""OpenCLIP / NV-CLIP backbone plugin (open_clip).
+
+Types: the NV-CLIP ``ViT-{L,H}-14-SigLIP-CLIPA-*`` architectures (open_clip configs clipcore
+ships, registered with ``open_clip.add_model_config``), ``clipcore-demo-tiny`` (a few-M-parameter
+model trainable from scratch on a CPU) and ``openclip:<Name>`` for any model open_clip knows.
+"""
+
+from __future__ import annotations
+
+from core import hookimpl
+from core.backbone import BackboneFamily
+
+from backbones.openclip.configs import TYPES
+from backbones.openclip.loading import build, matches, tiny
+
+FAMILY = BackboneFamily(
+    name="openclip", types=TYPES, build=build, tiny=tiny, matches=matches,
+    description="NV-CLIP ViT-{L,H}-14-SigLIP-CLIPA, clipcore-demo-tiny, and openclip:<Name> for any open_clip model.")
+
+
+@hookimpl
+def register_backbones(register):
+    register(FAMILY)

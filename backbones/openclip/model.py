@@ -1,0 +1,67 @@
+"""An open_clip model (vision tower + text tower, ``CustomTextCLIP`` layout) behind the clipcore contract."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from core.backbone import ClipModel, PreprocessSpec
+from core.errors import ClipcoreError
+
+from backbones.openclip.tokenizer import OpenClipTokenizer
+
+
+def tower_blocks(tower: nn.Module) -> list[nn.Module]:
+    """The ordered transformer blocks of an open_clip tower (open_clip ViT / text transformer,
+    timm ViT trunk, Hugging Face text encoder); empty when the tower has none clipcore knows."""
+    for path in ("transformer.resblocks", "trunk.blocks", "transformer.encoder.layer"):
+        module = tower
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module):
+            return list(module)
+    return []
+
+
+class OpenClipModel(ClipModel):
+    """open_clip towers: ``vision_tower`` is ``model.visual``, ``text_tower`` is ``model.text``
+    (the ``CustomTextCLIP`` layout; CLIP-layout state dicts are converted on load).
+    Logit scale and bias are 0-d parameters here (open_clip keeps shape [] or [1])."""
+
+    def __init__(self, clip: nn.Module, *, model_type: str, embed_dim: int, tokenizer: OpenClipTokenizer,
+                 preprocess: PreprocessSpec):
+        super().__init__()
+        self.model_type, self.embed_dim = model_type, embed_dim
+        self.vision_tower, self.text_tower = clip.visual, clip.text
+        self.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(()).clone())
+        bias = getattr(clip, "logit_bias", None)
+        self.logit_bias = None if bias is None else nn.Parameter(bias.detach().reshape(()).clone())
+        self.tokenizer, self.preprocess = tokenizer, preprocess
+        blocks = {"image": tower_blocks(self.vision_tower), "text": tower_blocks(self.text_tower)}
+        for name, found in blocks.items():
+            if not found:
+                tower = self.vision_tower if name == "image" else self.text_tower
+                raise ClipcoreError(
+                    f"{model_type}: clipcore does not know the blocks of its {name} tower "
+                    f"({type(tower).__name__}), needed for tower locking, FSDP and checkpointing",
+                    where="model.type", fix="use an open_clip model with a ViT/timm-ViT image tower and a "
+                                            "transformer or Hugging Face text tower")
+        self.fsdp_wrap_classes = tuple(dict.fromkeys(type(b) for b in blocks["image"] + blocks["text"]))
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vision_tower(images)
+
+    def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_tower(input_ids)
+
+    def vision_blocks(self) -> Sequence[nn.Module]:
+        return tower_blocks(self.vision_tower)
+
+    def text_blocks(self) -> Sequence[nn.Module]:
+        return tower_blocks(self.text_tower)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vision_tower.set_grad_checkpointing(enable)
+        self.text_tower.set_grad_checkpointing(enable)
