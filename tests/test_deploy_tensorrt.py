@@ -12,12 +12,12 @@ import torch
 import yaml
 
 from core.config import ExperimentConfig
-from core.deployed import open_deployed
 from core.errors import ClipcoreError, ConfigError
 from core.registry import get_registry
 from deploy.tensorrt import unavailable
 from deploy.tensorrt.builder import build_engines, engine_files
 from deploy.tensorrt.runner import check_batch
+from deploy.tensorrt.runner import open_runner as open_trt_runner
 from exporters.onnx.export import export_onnx
 from tests.export_support import TEXTS, assert_close, export_config
 
@@ -89,10 +89,8 @@ def test_missing_sidecars_are_named(separate_export, tmp_path):
     engines = tmp_path / "engines"
     engines.mkdir()
     (engines / "m_vision.engine").write_bytes(b"engine")
-    cfg = ExperimentConfig()
-    cfg.evaluate.trt_engine = str(engines / "m_vision.engine")
     with pytest.raises(ClipcoreError, match="sidecars m_config.yaml and m_tokenizer/ are missing"):
-        open_deployed(cfg, "evaluate")
+        open_trt_runner(engines / "m_vision.engine")
 
 
 def test_unordered_profile_is_refused(separate_export, tmp_path):

@@ -10,8 +10,6 @@ import torch
 
 from core.cli import main
 from core.config import ExperimentConfig
-from core.deployed import open_deployed
-from core.errors import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -50,19 +48,14 @@ def test_output_file_is_named_after_the_checkpoint(tmp_path):
     assert str(output_path(cfg, tmp_path)) == "/y/model.onnx"
 
 
-def test_open_deployed_picks_the_runner(tmp_path):
+def test_evaluate_and_inference_open_the_onnx_runner(tmp_path):
+    from core.embed import open_encoder
+
     assert main(["export", *TINY, f"results_dir={tmp_path}", "--encoder", "separate"]) == 0
     cfg = ExperimentConfig()
-    assert open_deployed(cfg, "inference") is None
-    cfg.inference.onnx_file = str(tmp_path / "export" / "example-tiny")  # a separate export's base path
-    runner = open_deployed(cfg, "inference", batch_size=4)
-    assert runner.has_vision and runner.has_text
-    assert runner.encode_texts(["a red cube"]).shape == (1, 32)
-    np.testing.assert_allclose(np.linalg.norm(runner.encode_texts(["a", "b"]), axis=1), 1.0, rtol=1e-5)
-    cfg.inference.checkpoint = "x.pth"
-    with pytest.raises(ConfigError, match="inference.onnx_file and inference.checkpoint are all set"):
-        open_deployed(cfg, "inference")
-    cfg.inference.checkpoint, cfg.inference.onnx_file = None, None
-    cfg.inference.trt_engine = str(tmp_path / "model.bin")
-    with pytest.raises(ConfigError, match="no installed plugin runs"):
-        open_deployed(cfg, "inference")
+    cfg.inference.onnx_file = str(tmp_path / "export" / "example-tiny_text.onnx")
+    encoder = open_encoder(cfg, "inference")
+    assert encoder.has_vision and encoder.has_text  # the partner tower is found
+    embeddings = encoder.encode_texts(["a red cube", "b"]).numpy()
+    assert embeddings.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
