@@ -1,0 +1,106 @@
+"""The custom format's sample index: image–caption pairs of every dataset entry, in a fixed order.
+
+Rules (``dataset.*.datasets`` entries): images are the files of ``image_dir`` (a folder or a
+``.tar`` / ``.tar.gz`` archive, searched recursively) whose extension is one of
+:data:`core.images.IMAGE_EXTENSIONS` in any case, in sorted path order, or the files
+``image_list_file`` names (relative to ``image_dir``, in the list's order). An image's caption
+is ``<relative folder>/<stem><caption_file_suffix>`` in ``caption_dir`` (unset: beside the
+image), or else the only caption file in ``caption_dir`` with that file name. Entries are
+concatenated in order. Problems found while indexing (missing images or captions, unreadable
+archive members) go to ``record(path, reason, detail)``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Callable, Literal
+
+import attrs
+
+from core.errors import DataError
+from core.images import IMAGE_EXTENSIONS
+from plugins.custom.sources import FolderSource, TarSource, open_source
+
+Recorder = Callable[[str, str, str], None]
+
+
+@attrs.define
+class EntryIndex:
+    """One dataset entry: its sources, caption mode and ``pairs`` of (image name, caption name)."""
+
+    images: FolderSource | TarSource
+    captions: FolderSource | TarSource
+    caption_mode: Literal["file", "lines"]
+    pairs: list[tuple[str, str]]
+
+
+def index_entries(entries: list[Any], key: str, record: Recorder) -> list[EntryIndex]:
+    """Index every entry of ``entries`` (``key`` is their config key, e.g. ``dataset.train.datasets``)."""
+    if not entries:
+        raise DataError("no datasets are configured", where=key,
+                        fix=f"add a [[{key}]] table with image_dir (and caption_dir if captions are elsewhere)")
+    return [index_entry(entry, f"{key}.{i}", record) for i, entry in enumerate(entries)]
+
+
+def index_entry(entry: Any, key: str, record: Recorder) -> EntryIndex:
+    images = open_source(entry.image_dir, f"{key}.image_dir")
+    captions = images if entry.caption_dir is None else open_source(entry.caption_dir, f"{key}.caption_dir")
+    for source in {id(images): images, id(captions): captions}.values():
+        for name, detail in source.broken.items():
+            record(source.display(name), "unreadable-tar-member", detail)
+    image_files = images.files()
+    caption_files = image_files if captions is images else captions.files()
+    names = _listed_images(entry, key, image_files, images, record) if entry.image_list_file else [
+        n for n in image_files if n.lower().endswith(IMAGE_EXTENSIONS)]
+    if not names:
+        raise DataError(f"no images found in {entry.image_dir}", where=f"{key}.image_dir",
+                        fix="images need one of the extensions " + " ".join(IMAGE_EXTENSIONS) + " (any case)")
+    finder = _CaptionFinder(caption_files, entry.caption_file_suffix, flat_fallback=captions is not images)
+    pairs = []
+    for name in names:
+        caption = finder.find(name)
+        if caption is None:
+            expected = captions.display(finder.expected(name))
+            record(images.display(name), "missing-caption", f"expected {expected}")
+        else:
+            pairs.append((name, caption))
+    return EntryIndex(images=images, captions=captions, caption_mode=entry.caption_mode, pairs=pairs)
+
+
+def _listed_images(entry: Any, key: str, files: list[str], images: FolderSource | TarSource,
+                   record: Recorder) -> list[str]:
+    try:
+        with open(entry.image_list_file, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the image list ({type(exc).__name__}: {exc})",
+                        where=f"{key}.image_list_file", fix="point it at a UTF-8 text file, one image per line") from None
+    present, names = set(files), []
+    for line in filter(None, lines):
+        name = posixpath.normpath(line.replace("\\", "/")).lstrip("/")
+        if name in present:
+            names.append(name)
+        else:
+            record(images.display(name), "missing-image", f"listed in {entry.image_list_file}")
+    return names
+
+
+class _CaptionFinder:
+    """Caption file of an image name: same relative folder first, else a unique file name match."""
+
+    def __init__(self, files: list[str], suffix: str, flat_fallback: bool):
+        self.files, self.suffix = set(files), suffix
+        self.by_name: dict[str, str | None] = {}
+        if flat_fallback:
+            for f in files:
+                base = posixpath.basename(f)
+                self.by_name[base] = None if base in self.by_name else f  # None marks an ambiguous name
+
+    def expected(self, image: str) -> str:
+        return posixpath.splitext(image)[0] + self.suffix
+
+    def find(self, image: str) -> str | None:
+        candidate = self.expected(image)
+        if candidate in self.files:
+            return candidate
+        return self.by_name.get(posixpath.basename(candidate))

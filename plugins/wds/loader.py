@@ -1,0 +1,136 @@
+"""The ``wds`` format's training loader: a defined epoch length, disjoint ranks, a resumable position.
+
+Epoch length: every shard holds ``samples_per_shard`` samples (or, with ``count_samples``, the
+counted number); each rank yields :func:`plugins.wds.stream.batches_per_rank` batches every
+epoch, so schedules and checkpoints work. Worker processes emit single samples and this process
+forms the batches (tokenising captions), so a worker's quota need not be a multiple of the batch
+size. ``state_dict()`` holds, per worker, the raw position and samples emitted behind the
+batches consumed so far; a resumed run with the same world size and worker count continues
+exactly there. With a different world size or worker count, shards are assigned differently,
+so the position is restored approximately (the same number of batches remains; a warning says
+so).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from core.bad_samples import BadSampleLog
+from core.batching import check_global_batch, collate_samples, finish_batch
+from core.data import DataRequest
+from core.errors import DataError
+from plugins.wds.shards import KEY, count_samples, list_shards
+from plugins.wds.stream import ShardStream, WorkerStart, batches_per_rank, identity, worker_seed_generator
+
+log = logging.getLogger("clipcore.data")
+
+
+class ShardLoader:
+    """The ``wds`` format's :class:`core.data.BatchLoader` for one rank."""
+
+    def __init__(self, stream: ShardStream, batches: int, request: DataRequest, bad_samples: BadSampleLog):
+        self.stream, self.batches, self.log = stream, batches, bad_samples
+        self.batch_size, self.rank, self.world_size = request.batch_size, request.rank, request.world_size
+        self.num_workers, self.seed, self.tokenizer = request.num_workers, request.seed, request.tokenizer
+        self.pin_memory = bool(request.config.dataset.pin_memory and torch.cuda.is_available())
+        self.num_samples = batches * request.batch_size * request.world_size
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.log.report(f"epoch {self.epoch}")
+            self.epoch, self.position = epoch, 0
+            self._reset_workers()
+
+    def _reset_workers(self) -> None:
+        self.stream.starts = [WorkerStart() for _ in range(self.stream.workers)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.position, "rank": self.rank, "world_size": self.world_size,
+                "num_workers": self.num_workers,
+                "workers": [[s.position, s.emitted] for s in self.stream.starts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["batch"])
+        self.stream.epoch = self.epoch
+        same = (state.get("rank"), state.get("world_size"), state.get("num_workers")) == (
+            self.rank, self.world_size, self.num_workers)
+        if same:
+            self.stream.starts = [WorkerStart(int(p), int(e)) for p, e in state["workers"]]
+            return
+        # Another layout: continue with the same number of batches, each worker starting as far
+        # into its new quota as the consumed share of the epoch.
+        quotas = self.stream.plan().quotas
+        done = self.position * self.batch_size
+        total = self.batches * self.batch_size
+        emitted = [q * done // total for q in quotas]
+        shortfall = done - sum(emitted)
+        for w, quota in enumerate(quotas):
+            extra = min(shortfall, quota - emitted[w])
+            emitted[w] += extra
+            shortfall -= extra
+        self.stream.starts = [WorkerStart(e, e) for e in emitted]
+        log.warning("the data position was saved by rank %s of %s with %s workers; this is rank %s of %s with %s "
+                    "workers: resuming approximately (%d of %d batches done this epoch)",
+                    state.get("rank"), state.get("world_size"), state.get("num_workers"), self.rank,
+                    self.world_size, self.num_workers, self.position, self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.stream.epoch = self.epoch
+        self.log.epoch = self.epoch
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=identity,
+                            generator=worker_seed_generator(self.seed, self.epoch))
+        pending: list[dict[str, Any]] = []
+        try:
+            for sample in loader:
+                if "fatal" in sample:
+                    finish_batch(collate_samples([sample]), self.tokenizer, self.log)
+                pending.append(sample)
+                if len(pending) < self.batch_size:
+                    continue
+                batch = finish_batch(collate_samples(pending), self.tokenizer, self.log)
+                if self.pin_memory:
+                    batch["image"] = batch["image"].pin_memory()
+                for s in pending:
+                    self.stream.starts[s["worker"]] = WorkerStart(s["position"], s["emitted"])
+                pending = []
+                self.position += 1
+                yield batch
+            if self.position != self.batches:
+                raise RuntimeError(f"wds stream ended after {self.position} of {self.batches} batches")
+            self.position = 0
+            self._reset_workers()
+        finally:
+            self.log.report(f"epoch {self.epoch}")
+
+
+def build(request: DataRequest) -> ShardLoader:
+    """The training loader over ``dataset.train.wds`` shards for ``request.rank``."""
+    cfg = request.config
+    wds = cfg.dataset.train.wds
+    bad_samples = BadSampleLog.from_request(request)
+    shards = list_shards(wds, bad_samples.record_shared)
+    world, batch = request.world_size, request.batch_size
+    if len(shards) < world:
+        raise DataError(f"{len(shards)} shard(s) for {world} processes: every process needs at least one shard",
+                        where=KEY, fix="write the data into more shards (at least one per process), or train on "
+                                       "fewer GPUs")
+    sizes = [count_samples(s) for s in shards] if wds.count_samples else [wds.samples_per_shard] * len(shards)
+    check_global_batch(sum(sizes), batch, world, KEY)
+    batches = batches_per_rank(sizes, world, batch)
+    if batches == 0:
+        raise DataError(f"each of the {world} processes gets {len(shards) // world} shard(s), too few samples for "
+                        f"one batch of {batch}", where=KEY,
+                        fix="lower dataset.train.batch_size, write more or larger shards, or train on fewer GPUs")
+    stream = ShardStream(shards, sizes, samples=batches * batch, transform=request.transform,
+                         max_pixels=cfg.dataset.max_image_pixels, caption_mode=wds.caption_mode,
+                         buffer=wds.shuffle_buffer, seed=request.seed, rank=request.rank, world_size=world,
+                         workers=request.num_workers)
+    return ShardLoader(stream, batches, request, bad_samples)
