@@ -136,3 +136,346 @@ def test_preprocess_is_openai_clip_shortest_side_bicubic(checkpoints, teachers):
     assert (spec.height, spec.width, spec.resize_mode, spec.interpolation) == (384, 384, "shortest", "bicubic")
     assert spec.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert spec.std == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+
+
+def test_clip_tokenizer_export_reproduces_ids_without_clipcore(tmp_path):
+    from backbones.clip_bpe import ClipBpeTokenizer
+    from deploy.textprep import SidecarTokenizer
+
+    tokenizer = ClipBpeTokenizer()
+    tokenizer.save_pretrained(str(tmp_path))
+    texts = TEXTS + ["wow!! it's 3 o'clock", "tab\tand\nnewline", "<end_of_text> inside"]
+    runtime = SidecarTokenizer(tmp_path, tokenizer.spec.to_dict())
+    assert (runtime(texts) == tokenizer(texts).numpy()).all()
+
+
+# --------------------------------------------------------------------------- model contract
+@pytest.fixture(scope="module")
+def siglip_model(checkpoints, teachers):
+    return build_tiny(make_cfg("c-radio_v3-b", "siglip", checkpoints["c-radio_v3-b"], teachers["siglip"][0]))
+
+
+def test_parameter_groups_and_freezing(siglip_model):
+    model = siglip_model
+    groups = {k: {n for n, _ in v} for k, v in model.parameter_groups().items()}
+    assert "vision_tower.head.fc1.weight" in groups["vision"] and "vision_tower.trunk.embeds.pos_embed" in groups["vision"]
+    assert all(n.startswith("vision_tower.") for n in groups["vision"])
+    assert groups["text"] and all(n.startswith("text_tower.") for n in groups["text"])
+    assert groups["other"] == {"logit_scale", "logit_bias"}
+    model.lock_image_tower()
+    try:
+        assert not any(p.requires_grad for p in model.vision_tower.parameters())
+        model.train()
+        assert not model.vision_tower.training and model.text_tower.training
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.eval()
+    assert len(model.vision_blocks()) == TINY_TRUNK["depth"] and len(model.text_blocks()) == 2
+    wrap = model.fsdp_wrap_classes
+    assert all(any(isinstance(m, cls) for m in model.modules()) for cls in wrap)
+    assert wrap[0] is type(model.vision_tower.trunk.blocks[0])
+
+
+@pytest.mark.parametrize("adaptor", ["siglip", "clip"])
+def test_gradient_checkpointing_gives_same_gradients(adaptor):
+    torch.manual_seed(0)
+    model = factory.tiny("c-radio_v3-l", adaptor).train()
+    images, ids = torch.randn(2, 3, 32, 32), model.tokenizer(["a cat", "a red car"])
+
+    def grads():
+        model.zero_grad()
+        out = model(images, ids)
+        (out["image_features"] @ out["text_features"].T).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.vision_tower.trunk.grad_checkpointing
+    checkpointed = grads()
+    model.set_grad_checkpointing(False)
+    assert plain.keys() == checkpointed.keys() and any(n.startswith("text_tower.") for n in plain)
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+
+
+def test_head_shape_and_cls_slot_travel_with_the_state_dict(checkpoints, teachers):
+    """A clipcore checkpoint of a loaded model fills a model built without weights (whose default
+    head has another hidden width and depth, and another CLS slot) exactly."""
+    source = build_tiny(make_cfg("c-radio_v3-h", "clip", checkpoints["c-radio_v3-h"], teachers["clip"][0]))
+    target = factory.tiny("c-radio_v3-h", "clip")
+    target.vision_tower.head = type(target.vision_tower.head)(TINY_TRUNK["embed_dim"], 8, layout.CLIP_DIM, num_inner=3)
+    target.text_tower = source.text_tower.__class__(**{"embed_dim": layout.CLIP_DIM, "context_length": 77,
+                                                        "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2,
+                                                        "quick_gelu": True})
+    target.load_state_dict(source.state_dict(), strict=True)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(target.eval().encode_image(images), source.encode_image(images))
+    assert target.vision_tower.slot.item() == 3 and target.vision_tower.head.num_inner == 1
+
+
+@pytest.mark.parametrize("adaptor", ["siglip", "clip"])
+def test_onnx_export_fixed_size_dynamic_batch(tmp_path, adaptor):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = factory.tiny("c-radio_v3-b", adaptor).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, tower: str):
+            super().__init__()
+            self.model, self.tower = model, tower
+
+        def forward(self, x):
+            return getattr(self.model, f"encode_{self.tower}")(x, normalize=True)
+
+    inputs = {"image": lambda b: torch.randn(b, 3, 32, 48),
+              "text": lambda b: model.tokenizer(["a photo of a cat", "", "dog"] * b)[:b]}
+    for tower, make in inputs.items():
+        path = tmp_path / f"{tower}.onnx"
+        encoder = Encoder(tower)
+        torch.onnx.export(encoder, (make(2),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17, dynamo=False)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch in (1, 3):
+            x = make(batch)
+            with torch.no_grad():
+                want = encoder(x).numpy()
+            got = session.run(None, {"x": x.numpy()})[0]
+            assert got.shape == want.shape and abs(got - want).max() <= 1e-5, tower
+
+
+# --------------------------------------------------------------------------- CPE train-time augmentation
+def test_cpe_augmentation_is_off_by_default(siglip_model):
+    images = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        evaluated = siglip_model.encode_image(images)
+        trained = siglip_model.train().encode_image(images)
+    siglip_model.eval()
+    assert type(siglip_model.vision_tower.trunk.embeds).__name__ == "NaFlexEmbeds"
+    assert torch.equal(evaluated, trained)
+
+
+def test_cpe_augmentation_randomises_positions_in_training_only(checkpoints, teachers, siglip_model):
+    from backbones.radio.vision import RandomWindowCPE
+
+    cfg = make_cfg("c-radio_v3-b", "siglip", checkpoints["c-radio_v3-b"], teachers["siglip"][0], cpe_train_augment=True)
+    model = build_tiny(cfg)
+    embeds = model.vision_tower.trunk.embeds
+    assert isinstance(embeds, RandomWindowCPE) and model.state_dict().keys() == siglip_model.state_dict().keys()
+    images = torch.randn(4, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images), siglip_model.encode_image(images))  # eval: timm's path
+        model.train()
+        first, second = model.encode_image(images), model.encode_image(images)
+    model.eval()
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_cpe_full_window_reproduces_eval_positions(align_corners):
+    """The augmentation samples windows exactly as eval samples the whole grid (square resize, top-left crop)."""
+    from backbones.radio.vision import create_trunk
+
+    trunk = create_trunk(SIZES["c-radio_v3-b"].timm_name, align_corners=align_corners, cpe_train_augment=True,
+                         **TINY_TRUNK)
+    embeds = trunk.embeds
+    for grid in ([2, 3], [5, 4], [12, 12]):
+        want = torch.zeros(1, grid[0] * grid[1], TINY_TRUNK["embed_dim"])
+        embeds.eval()._apply_learned_pos_embed(want, grid)
+        ones, zeros = torch.ones(1), torch.zeros(1)
+        got = embeds.window_pos_embed(grid, zeros, zeros, ones, ones)
+        assert (got - want).abs().max() <= 1e-5, grid
+
+
+def test_cpe_drop_zeroes_position_embeddings(monkeypatch):
+    from backbones.radio.vision import RandomWindowCPE, create_trunk
+
+    trunk = create_trunk(SIZES["c-radio_v3-b"].timm_name, align_corners=True, cpe_train_augment=True, **TINY_TRUNK)
+    monkeypatch.setattr(RandomWindowCPE, "DROP", 1.0)
+    x = torch.randn(3, 6, TINY_TRUNK["embed_dim"])
+    before = x.clone()
+    trunk.embeds.train()._apply_learned_pos_embed(x, [2, 3])
+    assert torch.equal(x, before)
+
+
+# --------------------------------------------------------------------------- offline discovery
+def hf_cache_entry(cache: Path, repo: str, files: dict[str, Path]) -> None:
+    """Lay files out as the Hugging Face hub cache does (refs/main -> snapshots/<commit>/...)."""
+    import shutil
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("0" * 40)
+    for name, source in files.items():
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, snapshot / name)
+
+
+def test_pretrained_true_finds_weights_and_teacher_in_hf_cache(tmp_path, monkeypatch, teachers):
+    cache = tmp_path / "hub"
+    size = SIZES["c-radio_v3-l"]
+    ckpt = layout.write_radio_checkpoint(tmp_path / "l.pth.tar", layout.random_trunk("c-radio_v3-l"))
+    hf_cache_entry(cache, size.hf_repo, {size.hub_file: ckpt})
+    teacher_dir = teachers["siglip"][0]
+    hf_cache_entry(cache, size.siglip_text.hf_repo, {p.name: p for p in teacher_dir.iterdir()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build_tiny(make_cfg("c-radio_v3-l", "siglip", True))
+    assert size.hub_file == "c-radio-v3_l_half.pth.tar"  # the published spelling differs from the other sizes
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = layout.reference_features(ckpt, "c-radio_v3-l", images, head="0", slot=0)
+        assert (model.encode_image(images) - want).abs().max() <= 1e-5
+    assert model.tokenizer(["a cat"]).shape == (1, 64)
+
+
+@pytest.mark.parametrize("adaptor,repo,needed", [
+    ("siglip", "google/siglip2-so400m-patch16-naflex", "config.json, model.safetensors, tokenizer files"),
+    ("clip", "apple/DFN5B-CLIP-ViT-H-14-378", "open_clip_model.safetensors or open_clip_pytorch_model.bin")])
+def test_missing_text_tower_names_the_teacher_and_where_to_put_it(tmp_path, monkeypatch, checkpoints, adaptor,
+                                                                   repo, needed):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ClipcoreError) as err:
+        build_tiny(make_cfg("c-radio_v3-b", adaptor, checkpoints["c-radio_v3-b"]))
+    message = str(err.value)
+    for part in ("model.radio.text_tower", f"{adaptor!r} adaptor of c-radio_v3-b", repo, needed,
+                 f"huggingface-cli download {repo}", "HF_HUB_OFFLINE is set", str(tmp_path / "empty")):
+        assert part in message, part
+
+
+def test_missing_radio_checkpoint_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ClipcoreError) as err:
+        build_tiny(make_cfg("c-radio_v3-g", "siglip", True))
+    message = str(err.value)
+    for part in ("model.pretrained", "c-radio_v3-g", "huggingface-cli download nvidia/C-RADIOv3-g c-radio_v3-g_half.pth.tar",
+                 "model.pretrained = false"):
+        assert part in message, part
+
+
+# --------------------------------------------------------------------------- bad input, one message each
+@pytest.mark.parametrize("model_type,adaptor,valid", [
+    ("c-radio_v3-b", None, "siglip, siglip2, clip, dfn, dfn_clip"),
+    ("c-radio_v3-b", "siglip2-g", "siglip, siglip2, clip, dfn, dfn_clip"),
+    ("c-radio_v3-h", "siglip2", "siglip, siglip2-g, clip, dfn, dfn_clip"),
+    ("c-radio_v3-g", "openai", "siglip, siglip2, siglip2-g, clip, dfn, dfn_clip")])
+def test_missing_or_unsuitable_adaptor_lists_valid_ones(model_type, adaptor, valid):
+    with pytest.raises(ConfigError) as err:
+        factory.check(make_cfg(model_type, adaptor))
+    assert "model.adaptor_name" in str(err.value) and valid in str(err.value) and model_type in str(err.value)
+
+
+def test_image_size_must_be_a_multiple_of_16():
+    cfg = make_cfg()
+    cfg.model.image_size = 250
+    with pytest.raises(ConfigError, match=r"model.image_size: model.image_size=250 is not a multiple of 16"):
+        factory.check(cfg)
+
+
+def test_clip_adaptor_refuses_a_tokenizer_override():
+    cfg = make_cfg(adaptor="clip")
+    cfg.model.tokenizer_path = "/some/tokenizer"
+    with pytest.raises(ConfigError, match="model.tokenizer_path: the clip adaptor uses the CLIP BPE vocabulary"):
+        factory.check(cfg)
+
+
+def test_plugin_section_with_an_unknown_key():
+    cfg = make_cfg()
+    cfg.plugins["model.radio"] = {"text_towr": "/x"}
+    with pytest.raises(ConfigError, match="(?s)text_towr.*valid keys: text_tower, cpe_train_augment, align_corners"):
+        factory.build(cfg)
+
+
+def save_variant(path: Path, trunk=None, **changes) -> Path:
+    """A published-layout checkpoint with keys added (``add``), removed (``drop``) or args changed."""
+    trunk = trunk or layout.random_trunk("c-radio_v3-b")
+    state = layout.published_state(trunk, layout.default_heads(trunk.embed_dim))
+    state.update(changes.pop("add", {}))
+    for key in changes.pop("drop", ()):
+        del state[key]
+    return layout.write_radio_checkpoint(path, trunk, state=state, **changes)
+
+
+def build_from(path: Path, teachers, model_type="c-radio_v3-b", adaptor="siglip"):
+    return build_tiny(make_cfg(model_type, adaptor, path, teachers[adaptor][0]))
+
+
+def test_unsafe_pickle_is_refused(tmp_path, teachers):
+    import pathlib
+
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"args": layout.radio_args(), "state_dict": {}, "hook": pathlib.PurePosixPath("/x")}, path)
+    with pytest.raises(ClipcoreError, match="needs arbitrary unpickling.*pathlib.PurePosixPath"):
+        build_from(path, teachers)
+
+
+def test_leftover_keys_are_reported_not_ignored(tmp_path, teachers):
+    path = save_variant(tmp_path / "c.pth.tar", add={"base_model.norm.weight": torch.ones(64),
+                                                     "mystery.buffer": torch.zeros(2)})
+    with pytest.raises(ClipcoreError) as err:
+        build_from(path, teachers)
+    assert "2 checkpoint keys have no place" in str(err.value)
+    assert "base_model.norm.weight" in str(err.value) and "mystery.buffer" in str(err.value)
+
+
+def test_spectral_norm_buffers_are_refused(tmp_path, teachers):
+    path = save_variant(tmp_path / "c.pth.tar", add={"_heads.0.fc1.parametrizations.weight.0._u": torch.zeros(40)})
+    with pytest.raises(ClipcoreError, match="spectrally reparametrised.*_heads.0.fc1.parametrizations.weight.0._u"):
+        build_from(path, teachers)
+
+
+def test_checkpoint_of_another_size_is_named(tmp_path, checkpoints, teachers):
+    with pytest.raises(ClipcoreError) as err:
+        build_from(checkpoints["c-radio_v3-h"], teachers, model_type="c-radio_v3-b")  # H has no LayerScale
+    message = str(err.value)
+    assert "does not fit c-radio_v3-b" in message and "blocks.0.ls1.gamma" in message
+    assert "width 64 and depth 2" in message and "set model.type" in message
+
+
+def test_adaptor_without_its_teacher_lists_the_teachers(tmp_path, teachers):
+    path = save_variant(tmp_path / "c.pth.tar", teachers=[{"name": "siglip2-g", "type": "siglip2"},
+                                                          {"name": "dino_v2", "type": "dino_v2"}])
+    with pytest.raises(ClipcoreError, match=r"no teacher in args.teachers match the 'clip' adaptor.*dino_v2 \(type dino_v2\)"):
+        build_from(path, teachers, adaptor="clip")
+
+
+def test_teacher_without_head_is_named(tmp_path, teachers):
+    path = save_variant(tmp_path / "c.pth.tar", drop=[k for k in layout.published_state(
+        layout.random_trunk("c-radio_v3-b"), layout.default_heads(64)) if k.startswith("_heads.0.")])
+    with pytest.raises(ClipcoreError, match=r"teacher 'siglip2-g' has no summary head \(_heads.0 or _heads.siglip2-g\)"):
+        build_from(path, teachers)
+
+
+def test_head_and_text_tower_of_different_teachers(tmp_path, teachers):
+    other = tmp_path / "other_teacher"
+    layout.write_siglip_teacher(other, out_dim=30)
+    cfg = make_cfg("c-radio_v3-b", "siglip", save_variant(tmp_path / "c.pth.tar"), other)
+    with pytest.raises(ClipcoreError, match="adaptor head outputs 24 dimensions but the text tower .* outputs 30"):
+        build_tiny(cfg)
+
+
+def test_old_mlp_version_is_refused(tmp_path, teachers):
+    path = save_variant(tmp_path / "c.pth.tar", mlp_version="v1")
+    with pytest.raises(ClipcoreError, match="mlp_version 'v1'; clipcore implements v2"):
+        build_from(path, teachers)
+
+
+def test_hf_backbone_only_safetensors_is_explained(tmp_path, teachers):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\0" * 16)
+    with pytest.raises(ClipcoreError, match="backbone-only export, which has no adaptor heads"):
+        build_from(path, teachers)
+
+
+def test_plain_state_dict_is_not_a_radio_checkpoint(tmp_path, teachers):
+    path = tmp_path / "plain.pth"
+    torch.save({"w": torch.zeros(1)}, path)
+    with pytest.raises(ClipcoreError, match=r"not a RADIO torch-hub checkpoint \(no `args` \+ `state_dict`"):
+        build_from(path, teachers)
+
+
+def test_missing_checkpoint_file(tmp_path, teachers):
+    with pytest.raises(ClipcoreError, match="RADIO checkpoint not found"):
+        build_from(tmp_path / "nope.pth.tar", teachers)
