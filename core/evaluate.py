@@ -9,7 +9,8 @@ of ``model.type`` (zero-shot). Writes ``<results_dir>/evaluate/results.json``: `
 (``top1``, ``top5``, ``mean_per_class``, per-class accuracy). Unreadable images are skipped,
 counted (``skipped_images``) and listed in ``bad_samples.jsonl``.
 
-Several processes (``-g N`` / ``evaluate.num_gpus = N``, or started by torchrun): each embeds
+Several processes (``-g N`` / ``evaluate.num_gpus = N`` launches torchrun on this node; or
+started by torchrun): each embeds
 its share, embeddings are all-gathered, and rank 0 scores the whole set once.
 """
 
@@ -47,7 +48,7 @@ def run(cfg, args) -> None:
     """Evaluate here, or launch torchrun for ``evaluate.num_gpus`` > 1 processes."""
     _refuse_inference_keys(cfg.evaluate)
     if cfg.evaluate.num_gpus > 1 and not under_torchrun():
-        return _launch_torchrun(cfg, args)
+        return launch_torchrun(cfg, args, "evaluate")
     world = eval_world(cfg.evaluate, "evaluate")
     try:
         from core.spec import action_dir
@@ -276,16 +277,17 @@ def _device(ev, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def _launch_torchrun(cfg, args) -> None:
+def launch_torchrun(cfg, args, action: str) -> None:
+    """Run ``core <action>`` again under torchrun with ``<action>.num_gpus`` processes (one node)."""
     from core.cli import action_overrides
 
-    n = cfg.evaluate.num_gpus
+    n = getattr(cfg, action).num_gpus
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "core.cli", "evaluate", *(["-c", args.config] if args.config else []),
-           *action_overrides(args, "evaluate")]
+           "-m", "core.cli", action, *(["-c", args.config] if args.config else []),
+           *action_overrides(args, action)]
     status = subprocess.call(cmd)
     if status != 0:
-        raise ClipcoreError(f"evaluation failed in a torchrun worker (exit status {status})",
+        raise ClipcoreError(f"{action} failed in a torchrun worker (exit status {status})",
                             where=" ".join(cmd[:6]) + " ...", fix="read the first error above")
 
 
