@@ -479,3 +479,47 @@ def test_plain_state_dict_is_not_a_radio_checkpoint(tmp_path, teachers):
 def test_missing_checkpoint_file(tmp_path, teachers):
     with pytest.raises(ClipcoreError, match="RADIO checkpoint not found"):
         build_from(tmp_path / "nope.pth.tar", teachers)
+
+
+# --------------------------------------------------------------------------- full size (slow)
+PUBLISHED_TRUNK_PARAMS_M = {"c-radio_v3-b": 98.3, "c-radio_v3-l": 319.9, "c-radio_v3-h": 651.6, "c-radio_v3-g": 1159.6}
+TEXT_DIMS = {("c-radio_v3-b", "siglip"): 1152, ("c-radio_v3-l", "siglip"): 1152, ("c-radio_v3-h", "siglip"): 1536,
+             ("c-radio_v3-g", "siglip"): 1536}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", list(SIZES))
+@pytest.mark.parametrize("adaptor", ["siglip", "clip"])
+def test_full_size_builds_offline_with_published_parameter_counts(model_type, adaptor):
+    """Every size builds at full size without any file (meta device: shapes only), with timm's
+    published backbone size (128x128 position grid included) and the teacher's embedding width."""
+    with torch.device("meta"):
+        model = factory.build(make_cfg(model_type, adaptor))
+    trunk = model.vision_tower.trunk
+    assert sum(p.numel() for p in trunk.parameters()) / 1e6 == pytest.approx(PUBLISHED_TRUNK_PARAMS_M[model_type], abs=0.05)
+    assert trunk.embeds.pos_embed.shape[1:3] == (128, 128) and trunk.num_prefix_tokens == 8
+    assert model.embed_dim == TEXT_DIMS.get((model_type, adaptor), 1024) == model.text_tower.out_dim
+    if adaptor == "clip":  # bundled vocabulary (the SigLIP2 one is read from the teacher's files on first use)
+        assert model.tokenizer.spec.context_length == 77 and model.text_tower.model.vocab_size == 49408
+
+
+# --------------------------------------------------------------------------- conformance kit
+from core.testing import PluginConformance  # noqa: E402
+
+
+class TestRadioConformance(PluginConformance):
+    """Every type at tiny size with the ``siglip`` adaptor (``family.tiny``), as a third party runs the kit."""
+
+    plugin = "radio"
+
+
+@pytest.mark.parametrize("check", __import__("core.testing.backbone_checks", fromlist=["x"]).BACKBONE_CHECKS,
+                         ids=lambda fn: fn.__name__)
+def test_clip_adaptor_passes_the_backbone_checks(check):
+    import attrs
+
+    from backbones.radio import FAMILY
+    from core.registry import Entry, Provider
+
+    family = attrs.evolve(FAMILY, tiny=lambda model_type: factory.tiny(model_type, "clip"))
+    check(Entry("backbones", "radio", family, Provider("radio", "clipcore", "0")), "c-radio_v3-h")

@@ -39,9 +39,9 @@ class SiglipText(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool) -> None:
         if enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            self.model.gradient_checkpointing_disable()
+            self.model.activation_checkpointing_disable()
 
     @property
     def out_dim(self) -> int:
