@@ -1,0 +1,208 @@
+"""The training loop in one process: outputs, checkpoint contents, precision, accumulation,
+freezing, pretrained weights, resume rules, and the NaN / out-of-memory / world-size errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from core.build import build_model
+from core.checkpoint import load_checkpoint
+from core.errors import ClipcoreError, ConfigError
+from core.registry import get_registry
+from core.train import NonFiniteLoss, Trainer
+from tests.train_support import install_test_plugins, tiny_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_plugins(tmp_path_factory):
+    root = install_test_plugins(tmp_path_factory.mktemp("plugins"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield root
+    torch.set_num_threads(threads)
+    sys.path.remove(str(root))
+    get_registry.cache_clear()
+
+
+def _run(cfg) -> Trainer:
+    trainer = Trainer(cfg)
+    trainer.train()
+    return trainer
+
+
+def test_run_writes_checkpoints_metrics_tensorboard_curves_logs_and_config(tmp_path):
+    from core.spec import load_config
+
+    cfg = tiny_config(tmp_path, keep_last=1)
+    trainer = _run(cfg)
+    out = tmp_path / "train"
+    assert trainer.total_steps == 2 * 4 and trainer.step == 8
+    assert not (out / "epoch_1.pth").exists() and (out / "epoch_2.pth").is_file()  # keep_last = 1
+    assert (out / "latest.pth").samefile(out / "epoch_2.pth")
+    ckpt = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "train_state", "data", "rng"} <= set(ckpt)
+    assert ckpt["train_state"]["epoch"] == 2 and ckpt["train_state"]["step"] == 8
+    assert set(ckpt["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+    assert ckpt["scheduler"]["last_epoch"] == 8
+    trained = build_model(cfg, checkpoint=str(out / "latest.pth"))
+    for name, value in trainer.clip.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=0, atol=0)
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert {"train/loss", "train/lr/vision", "train/lr/text", "train/lr/logit", "train/logit_scale",
+            "train/samples_per_s", "train/grad_norm"} <= set(records[0])
+    assert records[-1]["train/loss"] < records[0]["train/loss"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    assert "saved" in (out / "logs" / "rank0.log").read_text()
+    resolved = load_config(out / "config.toml")
+    assert resolved.model.type == "example-tiny" and resolved.train.keep_last == 1
+    assert resolved.model.init_logit_scale == pytest.approx(get_registry().get(
+        "losses", "siglip", key="k").init_logit_scale)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_on_cpu(tmp_path, precision):
+    trainer = _run(tiny_config(tmp_path, num_epochs=1, precision=precision))
+    assert trainer.step == 4
+    assert all(torch.isfinite(p).all() for p in trainer.clip.parameters())
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_accumulation_counts_optimizer_steps_over_micro_batches(tmp_path):
+    trainer = _run(tiny_config(tmp_path, num_epochs=2, accum_steps=2))
+    assert trainer.steps_per_epoch == 2 and trainer.total_steps == 4 and trainer.step == 4
+    assert trainer.samples_seen == 2 * 64
+
+
+def test_accum_steps_larger_than_an_epoch_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="train.accum_steps"):
+        Trainer(tiny_config(tmp_path, accum_steps=5))
+
+
+def test_frozen_vision_tower_does_not_change_and_has_no_optimizer_state(tmp_path):
+    import attrs
+
+    cfg = tiny_config(tmp_path, num_epochs=1)
+    cfg = attrs.evolve(cfg, model=attrs.evolve(cfg.model, freeze_vision_encoder=True))
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.clip.vision_tower.state_dict().items()}
+    text_before = trainer.clip.text_tower["proj"].weight.detach().clone()
+    trainer.train()
+    for name, value in trainer.clip.vision_tower.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert not torch.equal(trainer.clip.text_tower["proj"].weight, text_before)
+    vision = {id(p) for p in trainer.clip.vision_tower.parameters()}
+    assert not any(id(p) in vision for p in trainer.optimizer.state)
+
+
+def test_pretrained_model_path_starts_from_the_weights_only(tmp_path):
+    first = _run(tiny_config(tmp_path / "a", num_epochs=1))
+    weights = tmp_path / "a" / "train" / "latest.pth"
+    trainer = Trainer(tiny_config(tmp_path / "b", pretrained_model_path=str(weights)))
+    for name, value in first.clip.state_dict().items():
+        assert torch.equal(trainer.clip.state_dict()[name], value), name
+    assert trainer.step == 0 and not trainer.optimizer.state
+    trainer.log.close()
+
+
+def test_resume_refuses_a_weights_only_checkpoint(tmp_path):
+    from core.checkpoint import model_checkpoint, save_atomic
+
+    trainer = Trainer(tiny_config(tmp_path / "a"))
+    trainer.log.close()
+    path = save_atomic(model_checkpoint(trainer.clip), tmp_path / "weights.pth")
+    with pytest.raises(ClipcoreError, match="pretrained_model_path") as err:
+        Trainer(tiny_config(tmp_path / "b", resume_training_checkpoint_path=str(path)))
+    assert "train.resume_training_checkpoint_path" in str(err.value)
+
+
+def test_auto_resume_without_a_checkpoint_says_so_loudly(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, resume_training_checkpoint_path="auto"))
+    trainer.log.close()
+    assert "STARTING FROM SCRATCH" in (tmp_path / "train" / "logs" / "rank0.log").read_text()
+
+
+def test_nan_loss_stops_with_causes_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, loss_type="nan_after", checkpoint_interval_unit="step", checkpoint_interval=1)
+    with pytest.raises(NonFiniteLoss) as err:
+        _run(cfg)
+    message = str(err.value)
+    assert "NaN or infinite at step 4" in message
+    for cause in ("learning rate", "warmup", "captions", "grad_clip_norm"):
+        assert cause in message
+    latest = tmp_path / "train" / "latest.pth"
+    assert str(latest) in message and latest.samefile(tmp_path / "train" / "step_3.pth")
+    ckpt = load_checkpoint(latest)
+    assert ckpt["train_state"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   MemoryError(), torch.OutOfMemoryError("out of memory")])
+def test_out_of_memory_names_the_levers(tmp_path, monkeypatch, error):
+    trainer = Trainer(tiny_config(tmp_path))
+
+    def explode(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(trainer.clip, "image_features", explode)
+    with pytest.raises(ClipcoreError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "out of host memory at step 1" in message
+    for lever in ("dataset.train.batch_size (now 16)", "train.accum_steps", "train.grad_checkpointing",
+                  "train.precision", "model.freeze_vision_encoder"):
+        assert lever in message
+
+
+def test_other_runtime_errors_are_not_disguised(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path))
+    monkeypatch.setattr(trainer.clip, "image_features", lambda *a: (_ for _ in ()).throw(RuntimeError("shape")))
+    with pytest.raises(RuntimeError, match="shape"):
+        trainer.train()
+
+
+def test_world_size_mismatch_names_both_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError) as err:
+        Trainer(tiny_config(tmp_path, num_gpus=1))
+    assert "WORLD_SIZE=2" in str(err.value) and "1 × 1 = 1" in str(err.value)
+
+
+def test_several_processes_outside_torchrun_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not started by torchrun") as err:
+        Trainer(tiny_config(tmp_path, num_gpus=2))
+    assert "core train" in str(err.value)
+
+
+def test_validation_logs_retrieval_metrics_and_keeps_the_best_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, validate=True, num_epochs=3, checkpoint_interval=2)
+    trainer = _run(cfg)
+    out = tmp_path / "train"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val/t2i_mAP" in r]
+    assert [r["step"] for r in val] == [4, 8, 12]
+    for direction in ("i2t", "t2i"):
+        for metric in ("R@1", "R@5", "R@10", "mAP", "MedR", "MeanR", "AUC"):
+            assert f"val/{direction}_{metric}" in val[0]
+    best = max(val, key=lambda r: r["val/t2i_mAP"])
+    ckpt = load_checkpoint(out / "best.pth")
+    assert ckpt["train_state"]["step"] == best["step"]
+    assert ckpt["train_state"]["best_value"] == pytest.approx(best["val/t2i_mAP"])
+    assert trainer.checkpoints.best_value == pytest.approx(best["val/t2i_mAP"])
+    assert sorted(p.name for p in out.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
+    assert "validation at epoch 3 step 12" in (out / "logs" / "rank0.log").read_text()
+
+
+def test_step_validation_interval(tmp_path):
+    _run(tiny_config(tmp_path, validate=True, num_epochs=1, val_check_interval=3))
+    records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val/t2i_R@1" in r] == [3]
