@@ -174,7 +174,7 @@ def _gemma_tokenizer(cfg: Any, spec: TextTowerSpec, source: Path | None) -> Any:
         tokenizer = load_hf(AutoTokenizer.from_pretrained, candidate, looked)
         if tokenizer is not None:
             return tokenizer
-    raise ClipcoreError(f"no SigLIP2 (Gemma) tokenizer found; looked in: " + "; ".join(looked),
+    raise ClipcoreError("no SigLIP2 (Gemma) tokenizer found; looked in: " + "; ".join(looked),
                         where="model.tokenizer_path",
                         fix=f"set model.tokenizer_path (or model.radio.text_tower) to a directory with the tokenizer "
                             f"files of {spec.hf_repo}, or put that repository in the Hugging Face cache")

@@ -27,6 +27,8 @@ from core.errors import ClipcoreError
 
 # Prefixes (after normalisation) that hold nothing the summary adaptor needs.
 UNUSED_PREFIXES = ("_feature_projections.", "_feature_normalizer.", "_intermediate_feature_normalizer.")
+# The timm ViT's own register token (RADIO keeps its tokens in patch_generator.cls_token) and the
+# teacher-summary index buffer of the RADIO model (timm's converter drops it from the HF export).
 UNUSED_KEYS = ("base_model.reg_token", "summary_idxs")
 SPECTRAL_BUFFER = re.compile(r"\.parametrizations\.weight\.\d+\.")
 
@@ -59,14 +61,8 @@ class RadioCheckpoint:
         return bool(getattr(self.args, "cls_token_per_teacher", True))
 
 
-def read_checkpoint(path: str | Path, *, where: str) -> RadioCheckpoint:
-    """Load and normalise the ``.pth.tar`` at ``path`` (``where``: the config key it came from)."""
-    path = Path(path)
-    return parse_checkpoint(load_file(path, where=where), path, where=where)
-
-
 def parse_checkpoint(raw: Any, path: Path, *, where: str) -> RadioCheckpoint:
-    """Normalise the object ``load_file`` read from ``path``."""
+    """Normalise the object :func:`load_file` read from ``path`` (``where``: the config key it came from)."""
     if not isinstance(raw, dict) or "args" not in raw or not ({"state_dict", "state_dict_ema"} & raw.keys()):
         keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
         raise ClipcoreError(f"{path} is not a RADIO torch-hub checkpoint (no `args` + `state_dict`; found {keys})",
