@@ -16,6 +16,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)  # tiny models: threads only add contention
 
 import open_clip
 from open_clip.tokenizer import HFTokenizer

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)  # tiny models: threads only add contention
 
 from transformers import CLIPConfig, CLIPModel, Siglip2ImageProcessor, Siglip2Model, SiglipImageProcessor, SiglipModel
 

@@ -52,11 +52,9 @@ def build(cfg: Any) -> OpenClipModel:
 
 def tiny(model_type: str) -> OpenClipModel:
     """A random tiny model with the type's tower kinds, pooling and position tables."""
-    import open_clip
-
     if model_type == DEMO_TYPE:
         model_cfg = tiny_config(model_type, vocab_size=49408)
-        load = lambda: open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
+        load = lambda: _clip_bpe(model_cfg["text_cfg"]["context_length"])
     else:
         model_cfg = tiny_config(model_type, vocab_size=len(TINY_BERT_VOCAB))
         load = lambda: _hf_tokenizer_from(_tiny_bert_dir().name, model_cfg["text_cfg"], local_files_only=True)
@@ -83,9 +81,7 @@ def _build_clipcore_type(cfg: Any) -> OpenClipModel:
         places = [cfg.model.tokenizer_path, *_beside(weights_path), text_cfg["hf_tokenizer_name"]]
         load = lambda: _find_hf_tokenizer(model_type, text_cfg, places)
     else:
-        import open_clip
-
-        load = lambda: open_clip.SimpleTokenizer(context_length=text_cfg["context_length"])
+        load = lambda: _clip_bpe(text_cfg["context_length"])
     model = _wrap(clip, model_type, model_cfg, _openai_spec(model_cfg["vision_cfg"]["image_size"]), load,
                   bool(cfg.model.canonicalize_text))
     if weights is not None and weights.clipcore_type:
@@ -237,6 +233,14 @@ def _hf_tokenizer_from(source: str, text_cfg: dict, **kwargs: Any) -> Any:
 
     return HFTokenizer(str(source), context_length=text_cfg["context_length"],
                        tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}), **kwargs)
+
+
+@functools.cache
+def _clip_bpe(context_length: int) -> Any:
+    """open_clip's bundled CLIP BPE tokenizer (stateless; built once per length)."""
+    import open_clip
+
+    return open_clip.SimpleTokenizer(context_length=context_length)
 
 
 @functools.cache

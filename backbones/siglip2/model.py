@@ -85,6 +85,6 @@ class SiglipClip(ClipModel):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for tower in (self.vision_tower, self.text_tower):
             if enable:
-                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
-                tower.gradient_checkpointing_disable()
+                tower.activation_checkpointing_disable()

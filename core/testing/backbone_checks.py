@@ -1,0 +1,313 @@
+"""Checks every backbone type passes, run on ``family.tiny(model_type)`` (a fresh model each).
+
+Each check takes ``(entry, model_type)`` (``entry.obj`` is the :class:`core.backbone.BackboneFamily`)
+and raises ``AssertionError`` naming the plugin, the type and the rule. ``BACKBONE_CHECKS`` lists
+them for the kit.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.backbone import ClipModel, PreprocessSpec, TextSpec, Tokenizer
+from core.errors import ClipcoreError
+from core.registry import Entry
+
+CAPTIONS = ["a photo of a cat", "the red car on the road", "two dogs"]
+ODD_CAPTIONS = ["", " ".join(["a very long caption"] * 500), "ünïcödé 東京 🐱 — ça va?"]
+TOLERANCE = 1e-5
+
+
+def per_type(fn: Callable) -> Callable:
+    """Mark a check to run once per model type of a family."""
+    fn.per_type = True
+    return fn
+
+
+def _fail(entry: Entry, model_type: str, rule: str, detail: str) -> AssertionError:
+    return AssertionError(f"backbone plugin {entry.provider.plugin!r}, type {model_type!r}: {rule}: {detail}")
+
+
+def _tiny(entry: Entry, model_type: str, seed: int = 0) -> ClipModel:
+    torch.manual_seed(seed)
+    model = entry.obj.tiny(model_type)
+    if not isinstance(model, ClipModel):
+        raise _fail(entry, model_type, "tiny() returns a core.backbone.ClipModel", f"got {type(model).__name__}")
+    return model.eval()
+
+
+def _inputs(model: ClipModel, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    spec = model.preprocess
+    return torch.randn(batch, 3, spec.height, spec.width), model.tokenizer(CAPTIONS[:batch])
+
+
+def _loss(model: ClipModel, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    logits, _ = model.get_logits(images, ids)
+    return F.cross_entropy(logits, torch.arange(len(logits)))
+
+
+@per_type
+def check_output_shapes(entry: Entry, model_type: str) -> None:
+    """Rule: encode_image / encode_text return float [B, embed_dim]."""
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model)
+    with torch.no_grad():
+        for name, out in (("encode_image", model.encode_image(images)), ("encode_text", model.encode_text(ids))):
+            if tuple(out.shape) != (3, model.embed_dim) or not out.is_floating_point():
+                raise _fail(entry, model_type, f"{name} returns float [B, embed_dim]",
+                            f"got {out.dtype} {list(out.shape)} with embed_dim={model.embed_dim}")
+
+
+@per_type
+def check_normalize_gives_unit_vectors(entry: Entry, model_type: str) -> None:
+    """Rule: normalize=True returns L2-unit rows."""
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model)
+    with torch.no_grad():
+        for name, out in (("image", model.encode_image(images, normalize=True)),
+                          ("text", model.encode_text(ids, normalize=True))):
+            norms = out.norm(dim=-1)
+            if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+                raise _fail(entry, model_type, f"normalized {name} features have unit norm", f"norms {norms.tolist()}")
+
+
+@per_type
+def check_single_equals_batched(entry: Entry, model_type: str) -> None:
+    """Rule: an input encoded alone equals the same input encoded in a batch (1e-5)."""
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model)
+    with torch.no_grad():
+        for name, encode, batch in (("image", model.encode_image, images), ("text", model.encode_text, ids)):
+            diff = (encode(batch[1:2]) - encode(batch)[1:2]).abs().max().item()
+            if diff > TOLERANCE:
+                raise _fail(entry, model_type, f"an {name} alone equals it in a batch", f"max abs diff {diff:.2e}")
+
+
+@per_type
+def check_eval_is_deterministic(entry: Entry, model_type: str) -> None:
+    """Rule: in eval mode two forward passes give identical features."""
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model)
+    with torch.no_grad():
+        first, second = model(images, ids), model(images, ids)
+    for key in ("image_features", "text_features"):
+        if not torch.equal(first[key], second[key]):
+            raise _fail(entry, model_type, "eval mode is deterministic", f"{key} differ between two passes")
+
+
+@per_type
+def check_gradients_reach_both_towers(entry: Entry, model_type: str) -> None:
+    """Rule: a loss on the logits gives a finite gradient to every trainable parameter of both towers
+    and to the logit scale."""
+    model = _tiny(entry, model_type).train()
+    _loss(model, *_inputs(model)).backward()
+    for tower in ("vision", "text", "other"):
+        params = model.parameter_groups()[tower]
+        if not params:
+            raise _fail(entry, model_type, "parameter_groups() has vision, text and other parameters",
+                        f"the {tower} group is empty")
+        missing = [n for n, p in params if p.grad is None or not torch.isfinite(p.grad).all()]
+        if missing:
+            raise _fail(entry, model_type, f"gradients reach every trainable {tower} parameter",
+                        f"{len(missing)} without a finite gradient, e.g. {missing[:3]}")
+        if tower != "other" and not any(p.grad.abs().sum() > 0 for _, p in params):
+            raise _fail(entry, model_type, f"gradients reach the {tower} tower", "all gradients are zero")
+
+
+@per_type
+def check_frozen_towers(entry: Entry, model_type: str) -> None:
+    """Rule: a locked tower has no trainable parameters, stays in eval mode under train(), is
+    unchanged by an optimizer step and has no optimizer state; ``unlocked`` last blocks train."""
+    for tower in ("vision", "text"):
+        model = _tiny(entry, model_type)
+        lock = model.lock_image_tower if tower == "vision" else model.lock_text_tower
+        module = model.vision_tower if tower == "vision" else model.text_tower
+        lock(0)
+        model.train()
+        if module.training or any(p.requires_grad for p in module.parameters()):
+            raise _fail(entry, model_type, f"a locked {tower} tower is frozen and in eval mode",
+                        f"training={module.training}, trainable={sum(p.requires_grad for p in module.parameters())}")
+        before = {n: p.detach().clone() for n, p in module.named_parameters()}
+        trainable = [p for group in model.parameter_groups().values() for _, p in group]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+        _loss(model, *_inputs(model)).backward()
+        optimizer.step()
+        changed = [n for n, p in module.named_parameters() if not torch.equal(p, before[n])]
+        frozen_ids = {id(p) for p in module.parameters()}
+        with_state = [p for p in optimizer.state if id(p) in frozen_ids]
+        if changed or with_state:
+            raise _fail(entry, model_type, f"a frozen {tower} tower is unchanged by a step and has no optimizer state",
+                        f"{len(changed)} changed (e.g. {changed[:2]}), {len(with_state)} with optimizer state")
+        blocks = list(model.vision_blocks() if tower == "vision" else model.text_blocks())
+        lock(1)
+        last, first = blocks[-1], blocks[0]
+        if not all(p.requires_grad for p in last.parameters()) or any(p.requires_grad for p in first.parameters()):
+            raise _fail(entry, model_type, f"unlocking 1 {tower} block trains exactly the last block",
+                        "the last block is not trainable or the first one is")
+
+
+@per_type
+def check_grad_checkpointing_matches(entry: Entry, model_type: str) -> None:
+    """Rule: gradient checkpointing gives the same loss and gradients."""
+    results = []
+    for enable in (False, True):
+        model = _tiny(entry, model_type).train()
+        model.set_grad_checkpointing(enable)
+        torch.manual_seed(2)
+        loss = _loss(model, *_inputs(model))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_off, grads_off), (loss_on, grads_on) = results
+    if not torch.allclose(loss_off, loss_on, atol=TOLERANCE) or grads_off.keys() != grads_on.keys():
+        raise _fail(entry, model_type, "gradient checkpointing keeps the loss and the set of gradients",
+                    f"loss {loss_off.item():.6f} vs {loss_on.item():.6f}")
+    worst = max(((g - grads_on[n]).abs().max().item(), n) for n, g in grads_off.items())
+    if worst[0] > 1e-4:
+        raise _fail(entry, model_type, "gradient checkpointing keeps the gradients",
+                    f"{worst[1]} differs by {worst[0]:.2e}")
+
+
+@per_type
+def check_state_dict_round_trip(entry: Entry, model_type: str) -> None:
+    """Rule: a state dict saved (weights_only-loadable) and loaded strictly into a fresh model
+    reproduces every tensor and the features exactly."""
+    source, target = _tiny(entry, model_type, seed=0), _tiny(entry, model_type, seed=1)
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    target.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    saved, loaded = source.state_dict(), target.state_dict()
+    differ = [k for k in saved if not torch.equal(saved[k], loaded[k])]
+    if differ:
+        raise _fail(entry, model_type, "state-dict round trip is exact", f"{len(differ)} tensors differ, e.g. {differ[:3]}")
+    images, ids = _inputs(source)
+    with torch.no_grad():
+        if not (torch.equal(source.encode_image(images), target.encode_image(images))
+                and torch.equal(source.encode_text(ids), target.encode_text(ids))):
+            raise _fail(entry, model_type, "state-dict round trip is exact", "features differ after loading")
+
+
+@per_type
+def check_tokenizer_fixed_length(entry: Entry, model_type: str) -> None:
+    """Rule: the tokenizer returns int64 [N, context_length] for empty, very long and non-ASCII
+    captions, declares its rules in a TextSpec and saves a Hugging Face tokenizer directory."""
+    tokenizer = _tiny(entry, model_type).tokenizer
+    if not isinstance(tokenizer, Tokenizer) or not isinstance(tokenizer.spec, TextSpec):
+        raise _fail(entry, model_type, "the tokenizer follows core.backbone.Tokenizer with a TextSpec",
+                    f"got {type(tokenizer).__name__}")
+    ids = tokenizer(ODD_CAPTIONS)
+    length = tokenizer.spec.context_length
+    if ids.dtype != torch.long or tuple(ids.shape) != (len(ODD_CAPTIONS), length):
+        raise _fail(entry, model_type, "token ids are int64 [N, context_length] for any caption",
+                    f"got {ids.dtype} {list(ids.shape)}, context_length={length}")
+    if not (ids[0] == tokenizer.spec.pad_id).any():
+        raise _fail(entry, model_type, "an empty caption is padded with pad_id", f"ids {ids[0].tolist()}")
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save_pretrained(directory)
+        if not (Path(directory) / "tokenizer.json").is_file():
+            raise _fail(entry, model_type, "save_pretrained writes a fast-tokenizer directory", "no tokenizer.json")
+
+
+@per_type
+def check_preprocess_matches_input_size(entry: Entry, model_type: str) -> None:
+    """Rule: the preprocessing spec is valid and its size is what the image tower takes."""
+    model = _tiny(entry, model_type)
+    spec = model.preprocess
+    if not isinstance(spec, PreprocessSpec) or len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0 \
+            or spec.resize_mode not in ("squash", "shortest") or spec.interpolation not in ("bilinear", "bicubic"):
+        raise _fail(entry, model_type, "preprocess is a valid core.backbone.PreprocessSpec", repr(spec))
+    try:
+        with torch.no_grad():
+            out = model.encode_image(torch.zeros(1, 3, spec.height, spec.width))
+    except Exception as exc:  # the declared size must be accepted
+        raise _fail(entry, model_type, "the image tower takes the preprocessing spec's size",
+                    f"{spec.height}x{spec.width} raised {type(exc).__name__}: {exc}") from None
+    if tuple(out.shape) != (1, model.embed_dim):
+        raise _fail(entry, model_type, "the image tower takes the preprocessing spec's size", f"got {list(out.shape)}")
+
+
+@per_type
+def check_logit_parameters(entry: Entry, model_type: str) -> None:
+    """Rule: logit_scale is a finite 0-d parameter (log space); logit_bias is one or None; both are
+    in the ``other`` parameter group."""
+    model = _tiny(entry, model_type)
+    other = {id(p) for _, p in model.parameter_groups()["other"]}
+    for name in ("logit_scale", "logit_bias"):
+        p = getattr(model, name, None)
+        if p is None and name == "logit_bias":
+            continue
+        if not isinstance(p, nn.Parameter) or p.dim() != 0 or not torch.isfinite(p).all() or id(p) not in other:
+            raise _fail(entry, model_type, f"{name} is a finite 0-d parameter in the 'other' group",
+                        f"got {type(p).__name__} {getattr(p, 'shape', None)}")
+
+
+@per_type
+def check_fsdp_wrap_classes(entry: Entry, model_type: str) -> None:
+    """Rule: fsdp_wrap_classes names module classes present in the model and covers every block."""
+    model = _tiny(entry, model_type)
+    classes = tuple(model.fsdp_wrap_classes)
+    if not classes or not all(isinstance(c, type) and issubclass(c, nn.Module) for c in classes):
+        raise _fail(entry, model_type, "fsdp_wrap_classes is a non-empty tuple of nn.Module classes", repr(classes))
+    present = {type(m) for m in model.modules()}
+    absent = [c.__name__ for c in classes if c not in present]
+    blocks = list(model.vision_blocks()) + list(model.text_blocks())
+    uncovered = [type(b).__name__ for b in blocks if not isinstance(b, classes)]
+    if absent or uncovered or not blocks:
+        raise _fail(entry, model_type, "FSDP wrap classes are present and cover every transformer block",
+                    f"absent: {absent}, blocks not covered: {uncovered[:3]}, blocks: {len(blocks)}")
+
+
+@per_type
+def check_export_flag(entry: Entry, model_type: str) -> None:
+    """Rule: export_refusal is None or a reason; every registered exporter refuses such a model
+    with that reason, before writing anything."""
+    model = _tiny(entry, model_type)
+    reason = model.export_refusal
+    if reason is None:
+        return
+    if not isinstance(reason, str) or not reason.strip():
+        raise _fail(entry, model_type, "export_refusal is None or a non-empty reason", repr(reason))
+    from core.config import ExperimentConfig
+    from core.registry import get_registry
+
+    for exporter_entry in get_registry().entries["exporters"].values():
+        with tempfile.TemporaryDirectory() as directory:
+            cfg = ExperimentConfig()
+            cfg.export.onnx_file = str(Path(directory) / f"model{exporter_entry.obj.suffixes[0]}")
+            try:
+                exporter_entry.obj.export(model, cfg)
+            except ClipcoreError as exc:
+                if reason not in str(exc):
+                    raise _fail(entry, model_type, "exporters refuse with the model's export_refusal",
+                                f"{exporter_entry.name!r} said: {exc}") from None
+            else:
+                raise _fail(entry, model_type, "exporters refuse a model with export_refusal",
+                            f"{exporter_entry.name!r} exported it")
+            if any(Path(directory).iterdir()):
+                raise _fail(entry, model_type, "a refused export writes nothing",
+                            f"{exporter_entry.name!r} wrote {[p.name for p in Path(directory).iterdir()]}")
+
+
+BACKBONE_CHECKS = [
+    check_output_shapes,
+    check_normalize_gives_unit_vectors,
+    check_single_equals_batched,
+    check_eval_is_deterministic,
+    check_gradients_reach_both_towers,
+    check_frozen_towers,
+    check_grad_checkpointing_matches,
+    check_state_dict_round_trip,
+    check_tokenizer_fixed_length,
+    check_preprocess_matches_input_size,
+    check_logit_parameters,
+    check_fsdp_wrap_classes,
+    check_export_flag,
+]

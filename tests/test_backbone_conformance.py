@@ -1,0 +1,118 @@
+"""The backbone conformance checks: every built-in backbone type passes them at tiny size (through
+the kit's umbrella class, as a third-party plugin would run them), and each check catches the
+break it exists for."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)  # tiny models: threads only add contention
+
+from core.backbone import BackboneFamily
+from core.registry import Entry, Provider
+from core.testing import PluginConformance
+from core.testing import backbone_checks as checks
+
+
+class TestSiglip2Conformance(PluginConformance):
+    plugin = "siglip2"
+
+
+class TestOpenclipConformance(PluginConformance):
+    plugin = "openclip"
+
+
+# --------------------------------------------------------------------------- the checks catch breaks
+def broken(break_name: str):
+    """The example plugin's tiny model with one rule of the contract broken."""
+    from clipcore_example_backbone.plugin import TinyClip
+
+    model = TinyClip("example-tiny").eval()
+    if break_name == "embed_dim":
+        model.embed_dim = 16
+    elif break_name == "normalize_ignored":
+        model.encode_image = lambda images, normalize=False: model.image_features(images)
+    elif break_name == "batch_dependent":
+        features = model.image_features
+        model.image_features = lambda images: features(images) - features(images).mean(0)
+    elif break_name == "nondeterministic":
+        features = model.text_features
+        model.text_features = lambda ids: F.dropout(features(ids), 0.5, training=True)
+    elif break_name == "detached_text":
+        features = model.text_features
+        model.text_features = lambda ids: features(ids).detach()
+    elif break_name == "lock_ignored":
+        model.lock_image_tower = lambda unlocked_groups=0: None
+    elif break_name == "checkpointing_changes_output":
+        model.set_grad_checkpointing = lambda enable=True: enable and model.text_tower["proj"].weight.data.mul_(2)
+    elif break_name == "unsaved_state":
+        model.register_buffer("noise", torch.randn(4), persistent=False)
+        features = model.image_features
+        model.image_features = lambda images: features(images) + model.noise.sum()
+    elif break_name == "variable_length":
+        tokenize = model.tokenizer
+        model.tokenizer = type("Short", (), {"spec": tokenize.spec, "save_pretrained": tokenize.save_pretrained,
+                                             "__call__": lambda self, texts: tokenize(texts)[:, :8]})()
+    elif break_name == "wrong_input_size":
+        model.preprocess = attrs.evolve(model.preprocess, mean=(0.5, 0.5))
+    elif break_name == "vector_logit_scale":
+        model.logit_scale = nn.Parameter(torch.zeros(1))
+    elif break_name == "no_fsdp_classes":
+        model.fsdp_wrap_classes = (nn.Conv3d,)
+    elif break_name == "empty_export_refusal":
+        model.export_refusal = " "
+    return model
+
+
+BREAKS = {
+    "embed_dim": (checks.check_output_shapes, "returns float [B, embed_dim]"),
+    "normalize_ignored": (checks.check_normalize_gives_unit_vectors, "normalized image features have unit norm"),
+    "batch_dependent": (checks.check_single_equals_batched, "alone equals it in a batch"),
+    "nondeterministic": (checks.check_eval_is_deterministic, "eval mode is deterministic"),
+    "detached_text": (checks.check_gradients_reach_both_towers, "gradients reach every trainable text parameter"),
+    "lock_ignored": (checks.check_frozen_towers, "locked vision tower is frozen"),
+    "checkpointing_changes_output": (checks.check_grad_checkpointing_matches, "gradient checkpointing keeps"),
+    "unsaved_state": (checks.check_state_dict_round_trip, "state-dict round trip is exact"),
+    "variable_length": (checks.check_tokenizer_fixed_length, "int64 [N, context_length]"),
+    "wrong_input_size": (checks.check_preprocess_matches_input_size, "valid core.backbone.PreprocessSpec"),
+    "vector_logit_scale": (checks.check_logit_parameters, "logit_scale is a finite 0-d parameter"),
+    "no_fsdp_classes": (checks.check_fsdp_wrap_classes, "present and cover every transformer block"),
+    "empty_export_refusal": (checks.check_export_flag, "None or a non-empty reason"),
+}
+
+
+@pytest.mark.parametrize("break_name", sorted(BREAKS))
+def test_each_check_catches_its_break(break_name):
+    check, rule = BREAKS[break_name]
+    family = BackboneFamily(name="fake", types=("fake-tiny",), build=lambda cfg: None,
+                            tiny=lambda model_type: broken(break_name))
+    entry = Entry("backbones", "fake", family, Provider("fake_plugin", "fake-dist", "0.1"))
+    with pytest.raises(AssertionError) as err:
+        check(entry, "fake-tiny")
+    assert "backbone plugin 'fake_plugin', type 'fake-tiny'" in str(err.value) and rule in str(err.value)
+
+
+def test_the_unbroken_example_passes_every_check():
+    family = BackboneFamily(name="fake", types=("fake-tiny",), build=lambda cfg: None,
+                            tiny=lambda model_type: broken("none"))
+    entry = Entry("backbones", "fake", family, Provider("fake_plugin", "fake-dist", "0.1"))
+    for check in checks.BACKBONE_CHECKS:
+        check(entry, "fake-tiny")
+    assert {check for check, _ in BREAKS.values()} == set(checks.BACKBONE_CHECKS)  # every check has a break
+
+
+def test_export_refusal_is_honoured_by_registered_exporters():
+    """NaFlex refuses export with its reason; every registered exporter passes that reason on."""
+    from core.registry import get_registry
+
+    entry = get_registry().entries["backbones"]["siglip2"]
+    checks.check_export_flag(entry, "siglip2-so400m-patch16-naflex")
+    assert entry.obj.tiny("siglip2-so400m-patch16-naflex").export_refusal
+    assert get_registry().entries["exporters"], "no exporter registered: the refusal rule would go untested"
