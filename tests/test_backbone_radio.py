@@ -139,10 +139,10 @@ def test_preprocess_is_openai_clip_shortest_side_bicubic(checkpoints, teachers):
 
 
 def test_clip_tokenizer_export_reproduces_ids_without_clipcore(tmp_path):
-    from backbones.clip_bpe import ClipBpeTokenizer
     from deploy.textprep import SidecarTokenizer
 
-    tokenizer = ClipBpeTokenizer()
+    tokenizer = factory.clip_bpe_tokenizer(canonicalize=False)
+    assert (tokenizer.spec.context_length, tokenizer.spec.pad_id, tokenizer.spec.pooling) == (77, 0, "eos")
     tokenizer.save_pretrained(str(tmp_path))
     texts = TEXTS + ["wow!! it's 3 o'clock", "tab\tand\nnewline", "<end_of_text> inside"]
     runtime = SidecarTokenizer(tmp_path, tokenizer.spec.to_dict())

@@ -19,7 +19,6 @@ from core.checkpoint import load_model_weights
 from core.errors import ClipcoreError, ConfigError
 from core.weights import init_logit_values, load_hf
 
-from backbones.clip_bpe import ClipBpeTokenizer
 from backbones.radio import locate
 from backbones.radio.adaptor import AdaptorHead
 from backbones.radio.config import radio_options
@@ -29,11 +28,13 @@ from backbones.radio.teachers import select_teacher
 from backbones.radio.text import ClipText, SiglipText, load_clip_text, load_siglip_text
 from backbones.radio.vision import RadioVisionTower, create_trunk
 from backbones.radio.weights import RadioCheckpoint, load_file, parse_checkpoint
+from backbones.openclip.tokenizer import OpenClipTokenizer
 from backbones.siglip2.tokenizer import SiglipTokenizer, tiny_gemma_tokenizer
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH = 16
+CLIP_CONTEXT = 77
 MAX_SIZE = 2048
 # The CLS token an adaptor reads in a model without weights; checkpoints carry their own (``slot`` buffer).
 DEFAULT_SLOT = {"siglip": 0, "clip": 1}
@@ -92,7 +93,7 @@ def tiny(model_type: str, adaptor: str = "siglip") -> RadioClip:
         text = SiglipText(SiglipTextConfig(**{**spec.config, **TINY_SIGLIP, "vocab_size": len(hf_tokenizer)}))
         tokenizer = SiglipTokenizer(lambda: hf_tokenizer, canonicalize=True)
     else:
-        text, tokenizer = ClipText(**{**spec.config, **TINY_CLIP}), ClipBpeTokenizer()
+        text, tokenizer = ClipText(**{**spec.config, **TINY_CLIP}), clip_bpe_tokenizer(canonicalize=False)
     return RadioClip(model_type=model_type, adaptor=adaptor, vision=RadioVisionTower(trunk, head, DEFAULT_SLOT[adaptor]),
                      text=text, tokenizer=tokenizer, preprocess=_preprocess(32), **_logits(2.0, -5.0))
 
@@ -162,9 +163,17 @@ def _check_conditioner(ckpt: RadioCheckpoint) -> None:
 def _tokenizer(cfg: Any, spec: TextTowerSpec, source: Path | None) -> Tokenizer:
     canonicalize = cfg.model.canonicalize_text
     if spec.kind == "clip":
-        return ClipBpeTokenizer(canonicalize=bool(canonicalize))
+        return clip_bpe_tokenizer(canonicalize=bool(canonicalize))
     return SiglipTokenizer(lambda: _gemma_tokenizer(cfg, spec, source),
                            canonicalize=True if canonicalize is None else bool(canonicalize))
+
+
+def clip_bpe_tokenizer(*, canonicalize: bool) -> Tokenizer:
+    """OpenAI CLIP BPE (bundled with open_clip), 77 tokens, pooled at the end token (open_clip's ``argmax``)."""
+    from open_clip import SimpleTokenizer
+
+    return OpenClipTokenizer(lambda: SimpleTokenizer(context_length=CLIP_CONTEXT), context_length=CLIP_CONTEXT,
+                             pooling="argmax", canonicalize=canonicalize)
 
 
 def _gemma_tokenizer(cfg: Any, spec: TextTowerSpec, source: Path | None) -> Any:
