@@ -173,6 +173,13 @@ def test_missing_weights_offline_names_model_places_and_ways(tmp_path, monkeypat
         loading.build(make_cfg(pretrained=str(tmp_path / "nowhere" / "model")))
 
 
+def test_weights_file_inside_a_model_directory_points_at_the_directory(fixed_dir):
+    directory, _ = fixed_dir
+    with pytest.raises(ClipcoreError, match="weights file of a Hugging Face model directory") as err:
+        loading.build(make_cfg(pretrained=str(directory / "model.safetensors")))
+    assert f'model.pretrained = "{directory}"' in str(err.value)
+
+
 def test_random_init_uses_loss_constants_and_overrides(tiny_architectures, fixed_dir):
     model = loading.build(make_cfg(pretrained=False, tokenizer_path=str(fixed_dir[0])))
     assert model.logit_scale.item() == pytest.approx(torch.log(torch.tensor(10.0)).item())

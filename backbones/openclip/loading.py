@@ -90,11 +90,12 @@ def _build_clipcore_type(cfg: Any) -> OpenClipModel:
 
 
 def _weights_path(model_type: str, pretrained: bool | str) -> Path:
+    if pretrained is True and model_type == DEMO_TYPE:
+        raise missing_weights_error(model_type, [f"{DEMO_TYPE} has no published weights"], [])
     if pretrained is True:
-        where = ("NV-CLIP weights are published on NGC only (catalog.ngc.nvidia.com, nvidia/tao/nvclip_vit), "
-                 "which clipcore cannot download" if model_type != DEMO_TYPE
-                 else f"{DEMO_TYPE} has no published weights")
-        raise missing_weights_error(model_type, [where], [
+        raise missing_weights_error(model_type, [
+            "NV-CLIP weights are published on NGC only (catalog.ngc.nvidia.com, nvidia/tao/nvclip_vit), which "
+            "clipcore cannot download"], [
             "download the checkpoint yourself and set model.pretrained = \"/path/to/checkpoint.pth\" (put the "
             "bert-base-uncased tokenizer files in a `tokenizer/` folder beside it, or set model.tokenizer_path)"])
     path = Path(pretrained).expanduser()

@@ -33,6 +33,10 @@ def build(cfg: Any) -> SiglipClip:
     if pretrained is False:
         hf_model, source = _random(arch, cfg), None
     elif isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
+        folder = Path(pretrained).expanduser().parent
+        if (folder / "config.json").is_file():
+            raise ClipcoreError(f"{pretrained} is the weights file of a Hugging Face model directory",
+                                where="model.pretrained", fix=f"set model.pretrained = \"{folder}\" (the directory)")
         hf_model, source, clipcore_file = _random(arch, cfg), None, pretrained
     else:
         source = arch.hf_id if pretrained is True else str(pretrained)
