@@ -67,12 +67,12 @@ class ModelEncoder:
         self.transform = eval_transform(model.preprocess)
         self.source = {"model_type": model.model_type, **(source or {})}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: an FSDP-sharded training model is encoded too
     def encode_images(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
         images = torch.stack(list(items)).to(self.device, non_blocking=True)
         return F.normalize(self.model.encode_image(images).float(), dim=-1).cpu()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
         return F.normalize(self.model.encode_text(ids).float(), dim=-1).cpu()

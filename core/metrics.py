@@ -31,8 +31,10 @@ counted under ``{dir}_queries_without_positive``; ``{dir}_queries`` counts the s
 Scale: each direction scores query rows in chunks of at most ``chunk_bytes`` (scores plus one
 comparison mask), counts the negatives above each positive with vectorised comparisons (or one
 row sort when a query has many positives) and keeps only per-query results, so memory is
-``O(chunk_bytes + N + M)`` beyond the embeddings; the ``N x M`` matrix never exists. Scores are
-computed with ``torch`` on the embeddings' device; counting runs on the CPU.
+``O(chunk_bytes + N + M)`` beyond the embeddings; the ``N x M`` matrix never exists. The scores
+are computed once per direction (two matrix products) so that a query's positive and negative
+scores always come from the same computation and exact ties stay exact. Scores are computed with
+``torch`` on the embeddings' device; counting runs on the CPU.
 
 **Classification** (:func:`classification_metrics`): top-k accuracy with the same pessimistic
 tie rule (an image is correct at k when fewer than k other classes score >= its true class),

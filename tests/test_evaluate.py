@@ -193,3 +193,30 @@ def test_two_processes_gather_and_score_once(plugin_root, val_dir, tmp_path, mon
     results = json.loads((tmp_path / "results" / "evaluate" / "results.json").read_text())
     for key, value in expected_color_metrics().items():
         assert results[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_onnx_file_gives_the_checkpoint_metrics(plugin_root, val_dir, tmp_path, capsys):
+    """Deploy-time evaluate: `evaluate.onnx_file` opens the onnx exporter's runner through the
+    registry and gives the checkpoint's metrics; a file no plugin opens is a clear error."""
+    pytest.importorskip("onnxruntime")
+    from core.build import build_model
+    from core.checkpoint import model_checkpoint, save_atomic
+    from core import spec as spec_module
+
+    model_args = ["model.type=example-tiny", "model.pretrained=false", "model.image_size=32"]
+    torch.manual_seed(1)
+    save_atomic(model_checkpoint(build_model(spec_module.load_config(None, model_args))), tmp_path / "m.pth")
+    assert main(["export", *model_args, f"results_dir={tmp_path}", f"export.checkpoint={tmp_path / 'm.pth'}",
+                 "export.input_height=32", "export.input_width=32", f"export.onnx_file={tmp_path / 'm.onnx'}"]) == 0
+    spec = str(val_spec(tmp_path, val_dir))
+    results = {}
+    for source in (f"evaluate.checkpoint={tmp_path / 'm.pth'}", f"evaluate.onnx_file={tmp_path / 'm.onnx'}"):
+        assert main(["evaluate", "-c", spec, *model_args, source]) == 0
+        results[source.split("=")[0]] = json.loads((tmp_path / "results" / "evaluate" / "results.json").read_text())
+    for key in TAO_KEYS:
+        assert results["evaluate.onnx_file"][key] == pytest.approx(results["evaluate.checkpoint"][key], abs=1e-3), key
+    assert results["evaluate.onnx_file"]["model"] == {"onnx_file": str(tmp_path / "m.onnx")}
+
+    (tmp_path / "m.xyz").write_bytes(b"")
+    code = main(["evaluate", "-c", spec, *model_args, f"evaluate.onnx_file={tmp_path / 'm.xyz'}"])
+    assert code == 2 and "no installed exporter opens .xyz files" in capsys.readouterr().err
