@@ -47,6 +47,9 @@ class BadSample(Exception):
         self.reason, self.detail, self.path = reason, detail, path
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
+    def __reduce__(self):  # picklable, so it can cross from a loader worker process
+        return BadSample, (self.reason, self.detail, self.path)
+
     def record(self, path: str | None = None) -> dict[str, str]:
         """The plain record a worker process sends back to the loader."""
         return {"path": str(path or self.path or "?"), "reason": self.reason, "detail": self.detail}

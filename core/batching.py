@@ -35,6 +35,12 @@ def too_many_bad(where: str) -> dict[str, str]:
             "fix": "check the data (bad_samples.jsonl in the results folder lists what was skipped)"}
 
 
+def worker_seeds(seed: int, epoch: int) -> torch.Generator:
+    """The DataLoader ``generator`` for an epoch: worker processes (and their augmentation
+    randomness) are seeded from (seed, epoch) alone."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack worker samples ``{"image", "caption", "key", "bad"}`` into one raw batch."""
     bad = [record for s in samples for record in s.get("bad", ())]

@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.bad_samples import BadSample, BadSampleLog
-from core.batching import MAX_CONSECUTIVE_BAD, check_global_batch, collate_samples, finish_batch, too_many_bad
+from core.batching import (MAX_CONSECUTIVE_BAD, check_global_batch, collate_samples, finish_batch, too_many_bad,
+                           worker_seeds)
 from core.captions import parse_captions
 from core.data import DataRequest, RetrievalSet
 from core.images import decoded, open_image
@@ -113,15 +114,14 @@ class PairLoader:
     """The custom format's :class:`core.data.BatchLoader` for one rank."""
 
     def __init__(self, dataset: PairDataset, request: DataRequest, log: BadSampleLog):
-        self.dataset, self.tokenizer, self.log = dataset, request.tokenizer, log
+        self.dataset, self.tokenizer, self.log, self.seed = dataset, request.tokenizer, log, request.seed
         self.sampler = RankBatches(len(dataset), request.batch_size, request.rank, request.world_size, request.seed)
         self.num_samples = self.sampler.num_batches * request.batch_size * request.world_size
         self.epoch, self.position = 0, 0
         workers = request.num_workers
         self._loader = DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=collate_samples,
-            pin_memory=bool(request.config.dataset.pin_memory and torch.cuda.is_available()),
-            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(request.seed))
+            pin_memory=bool(request.config.dataset.pin_memory and torch.cuda.is_available()))
 
     def __len__(self) -> int:
         return self.sampler.num_batches
@@ -139,6 +139,7 @@ class PairLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.sampler.epoch, self.sampler.start = self.epoch, self.position
+        self._loader.generator = worker_seeds(self.seed, self.epoch)
         self.log.epoch = self.epoch
         try:
             for raw in self._loader:

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from core.bad_samples import BadSampleLog
-from core.batching import check_global_batch, collate_samples, finish_batch
+from core.batching import check_global_batch, collate_samples, finish_batch, worker_seeds
 from core.data import DataRequest
 from core.errors import DataError
 from plugins.wds.shards import KEY, count_samples, list_shards
-from plugins.wds.stream import ShardStream, WorkerStart, batches_per_rank, identity, worker_seed_generator
+from plugins.wds.stream import ShardStream, WorkerStart, batches_per_rank, identity
 
 log = logging.getLogger("clipcore.data")
 
@@ -86,7 +86,7 @@ class ShardLoader:
         self.stream.epoch = self.epoch
         self.log.epoch = self.epoch
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=identity,
-                            generator=worker_seed_generator(self.seed, self.epoch))
+                            generator=worker_seeds(self.seed, self.epoch))
         pending: list[dict[str, Any]] = []
         try:
             for sample in loader:
@@ -122,7 +122,7 @@ def build(request: DataRequest) -> ShardLoader:
         raise DataError(f"{len(shards)} shard(s) for {world} processes: every process needs at least one shard",
                         where=KEY, fix="write the data into more shards (at least one per process), or train on "
                                        "fewer GPUs")
-    sizes = [count_samples(s) for s in shards] if wds.count_samples else [wds.samples_per_shard] * len(shards)
+    sizes = [count_samples(s, bad_samples.record_shared) for s in shards] if wds.count_samples else [wds.samples_per_shard] * len(shards)
     check_global_batch(sum(sizes), batch, world, KEY)
     batches = batches_per_rank(sizes, world, batch)
     if batches == 0:

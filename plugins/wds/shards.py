@@ -137,8 +137,9 @@ def _close(stream: IO[bytes], url: str, quiet: bool = False) -> None:
             raise OSError(f"closing {url}: {exc}") from None
 
 
-def count_samples(url: str) -> int:
-    """Samples in a local shard (tar headers only; consecutive members sharing a key are one)."""
+def count_samples(url: str, record: Callable[[str, str, str], None]) -> int:
+    """Samples in a local shard (tar headers only; consecutive members sharing a key are one).
+    A shard that cannot be read to its end goes to ``record``; its readable part counts."""
     if is_remote(url):
         raise ConfigError(f"cannot count the samples of remote shard {url}", where=f"{KEY}.count_samples",
                           fix="set count_samples = false and samples_per_shard to the shards' size")
@@ -149,7 +150,6 @@ def count_samples(url: str) -> int:
                 prefix, _ = base_plus_ext(member.name) if member.isreg() else (None, None)
                 if prefix is not None and prefix != last:
                     count, last = count + 1, prefix
-    except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"cannot count the samples of this shard ({type(exc).__name__}: {exc})", where=url,
-                        fix=f"repair or remove it, or set {KEY}.count_samples = false") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        record(url, "unreadable-tar-member", f"while counting, after {count} samples: {type(exc).__name__}: {exc}")
     return count

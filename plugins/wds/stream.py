@@ -18,7 +18,6 @@ import random
 from typing import Any, Iterator, Sequence
 
 import attrs
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from core.bad_samples import BadSample
@@ -178,7 +177,3 @@ def identity(sample: Any) -> Any:
     """DataLoader collate for single samples (batches are formed in the training process)."""
     return sample
 
-
-def worker_seed_generator(seed: int, epoch: int) -> torch.Generator:
-    """Seeds the loader workers' torch/random state (augmentation) per epoch."""
-    return torch.Generator().manual_seed(seed * 1000 + epoch)

@@ -1,0 +1,223 @@
+"""Every bad-data case, on real files: skipped, counted and listed under on_bad_sample = "skip";
+one clear DataError naming the path and reason under "error"."""
+
+import io
+import logging
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.bad_samples import BadSampleLog
+from core.config import DatasetEntry
+from core.errors import DataError
+from plugins import custom, wds
+from plugins.wds.writer import write_shards
+from core.data import RawSample
+from tests.data_support import bad_records, config, epoch_keys, image_bytes, request, write_folder
+
+torch.set_num_threads(1)
+GOOD = 7
+
+
+def _bad_image(data: bytes, ext: str = ".png"):
+    def make(root: Path) -> dict:
+        (root / f"bad{ext}").write_bytes(data)
+        (root / "bad.txt").write_text("a caption")
+        return {}
+    return make
+
+
+def _bad_caption(data: bytes):
+    def make(root: Path) -> dict:
+        (root / "bad.png").write_bytes(image_bytes(seed=99))
+        (root / "bad.txt").write_bytes(data)
+        return {}
+    return make
+
+
+def _missing_caption(root: Path) -> dict:
+    (root / "bad.png").write_bytes(image_bytes(seed=99))
+    return {}
+
+
+def _missing_listed_image(root: Path) -> dict:
+    listing = root.parent / "list.txt"
+    listing.write_text("\n".join([f"img-{i:03d}.png" for i in range(GOOD)] + ["bad.png"]))
+    return {"image_list_file": str(listing)}
+
+
+def _truncated_jpeg() -> bytes:
+    data = image_bytes("JPEG", size=(64, 64), quality=95)
+    return data[: len(data) // 2]
+
+
+CASES = {  # name: (writer, reason, loaded lazily (True) or found while indexing (False), max_image_pixels)
+    "corrupt image": (_bad_image(b"\x89PNG\r\n\x1a\nnot really"), "corrupt-image", True, None),
+    "truncated jpeg": (_bad_image(_truncated_jpeg(), ".jpg"), "truncated-image", True, None),
+    "zero-byte image": (_bad_image(b""), "empty-file", True, None),
+    "pixel limit": (_bad_image(image_bytes(size=(40, 40))), "pixel-limit", True, 1000),
+    "missing caption file": (_missing_caption, "missing-caption", False, None),
+    "empty caption": (_bad_caption(b""), "empty-caption", True, None),
+    "whitespace caption": (_bad_caption(b" \n\t \n"), "empty-caption", True, None),
+    "non-utf8 caption": (_bad_caption(b"caf\xe9 au lait"), "caption-not-utf8", True, None),
+    "listed image missing": (_missing_listed_image, "missing-image", False, None),
+}
+
+
+def _dataset(tmp_path: Path, case: str, on_bad_sample: str):
+    make, reason, lazy, max_pixels = CASES[case]
+    root = tmp_path / "images"
+    write_folder(root, GOOD)
+    entry = DatasetEntry(image_dir=str(root), **make(root))
+    cfg = config(entry, on_bad_sample=on_bad_sample)
+    if max_pixels:
+        cfg.dataset.max_image_pixels = max_pixels
+    return cfg, reason
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_skip_counts_logs_and_lists_the_bad_sample(tmp_path, caplog, case):
+    cfg, reason = _dataset(tmp_path, case, "skip")
+    results = tmp_path / "results"
+    loader = custom.build(request(cfg, results, batch_size=2))
+    with caplog.at_level(logging.WARNING, logger="clipcore.data"):
+        for epoch in (0, 1):
+            keys = epoch_keys(loader, epoch)
+            assert len(keys) == len(loader) * 2 and not any("bad" in Path(k).name for k in keys)
+    records = bad_records(results)
+    assert records and all(r["reason"] == reason and Path(r["path"]).stem == "bad" for r in records)
+    assert f"skipped 1 bad samples ({reason}: 1)" in caplog.text
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_error_stops_at_the_first_bad_sample_naming_path_and_reason(tmp_path, case):
+    cfg, reason = _dataset(tmp_path, case, "error")
+    with pytest.raises(DataError) as err:
+        for epoch in (0, 1):
+            epoch_keys(custom.build(request(cfg, tmp_path / "results", batch_size=2, num_workers=2)), epoch)
+    message = str(err.value)
+    assert reason in message and "bad." in message and "on_bad_sample" in message
+    assert "Traceback" not in message
+
+
+def test_unreadable_member_of_a_truncated_tar(tmp_path):
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(5):
+            for name, data in ((f"img-{i}.png", image_bytes(size=(200, 200), seed=i)), (f"img-{i}.txt", b"cap")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size - 10240 - 60000])  # cut into img-4.png
+    results = tmp_path / "results"
+    loader = custom.build(request(config(DatasetEntry(image_dir=str(archive))), results, batch_size=2))
+    assert sorted(Path(k).name for k in epoch_keys(loader)) == [f"img-{i}.png" for i in range(4)]
+    reasons = {(Path(r["path"]).name, r["reason"]) for r in bad_records(results)}
+    assert ("img-4.png", "unreadable-tar-member") in reasons
+    with pytest.raises(DataError) as err:
+        custom.build(request(config(DatasetEntry(image_dir=str(archive)), on_bad_sample="error"), batch_size=2))
+    assert "unreadable-tar-member" in str(err.value) and "images.tar" in str(err.value)
+
+
+def test_only_rank_zero_lists_problems_found_while_indexing(tmp_path):
+    cfg, _ = _dataset(tmp_path, "missing caption file", "skip")
+    results = tmp_path / "results"
+    for rank in (0, 1):
+        custom.build(request(cfg, results, batch_size=2, rank=rank, world_size=2))
+    assert len(bad_records(results)) == 1
+
+
+def test_dataset_smaller_than_the_global_batch(tmp_path):
+    write_folder(tmp_path / "images", 5)
+    with pytest.raises(DataError) as err:
+        custom.build(request(config(DatasetEntry(image_dir=str(tmp_path / "images"))), batch_size=3, world_size=2))
+    message = str(err.value)
+    assert "5 usable samples" in message and "global batch of 6" in message
+    assert "batch_size 3 × 2 process(es)" in message and "lower dataset.train.batch_size to at most 2" in message
+
+
+def test_without_results_dir_skipped_samples_are_logged_one_by_one(tmp_path, caplog):
+    log = BadSampleLog("skip", None)
+    with caplog.at_level(logging.WARNING, logger="clipcore.data"):
+        log.record("/data/x.png", "corrupt-image", "boom")
+    assert "skipped bad sample /data/x.png (corrupt-image: boom)" in caplog.text
+
+
+# ------------------------------------------------------------------ WebDataset shards
+def _shards(tmp_path: Path, samples_per_shard: int = 4, shards: int = 3, extra: list | None = None) -> Path:
+    samples = [RawSample(key=f"s{i:03d}", image=image_bytes(seed=i), caption=f"caption {i}".encode())
+               for i in range(samples_per_shard * shards)]
+    write_shards(tmp_path / "shards", samples, shards=shards)
+    return tmp_path / "shards"
+
+
+def _wds_config(root: Path | None = None, list_file: Path | None = None, on_bad_sample: str = "skip"):
+    cfg = config(on_bad_sample=on_bad_sample)
+    cfg.dataset.train.type = "wds"
+    cfg.dataset.train.wds.root_dir = None if root is None else str(root)
+    cfg.dataset.train.wds.shard_list_file = None if list_file is None else str(list_file)
+    cfg.dataset.train.wds.samples_per_shard = 4
+    return cfg
+
+
+def test_missing_shard_is_skipped_or_an_error(tmp_path):
+    root = _shards(tmp_path)
+    listing = tmp_path / "shards.txt"
+    listing.write_text("shard-{000000..000002}.tar\nshard-000009.tar\n")
+    results = tmp_path / "results"
+    loader = wds.build(request(_wds_config(root, listing), results, batch_size=2))
+    assert len(loader) == 6 and len(epoch_keys(loader)) == 12
+    assert [(Path(r["path"]).name, r["reason"]) for r in bad_records(results)] == [("shard-000009.tar", "missing-shard")]
+    with pytest.raises(DataError) as err:
+        wds.build(request(_wds_config(root, listing, "error"), batch_size=2))
+    assert "missing-shard" in str(err.value) and "shard-000009.tar" in str(err.value)
+
+
+def test_unreachable_remote_shard_is_skipped(tmp_path):
+    root = _shards(tmp_path, shards=2)
+    listing = tmp_path / "shards.txt"
+    listing.write_text(f"{root}/shard-000000.tar\n{root}/shard-000001.tar\npipe:exit 3\n")
+    results = tmp_path / "results"
+    cfg = _wds_config(list_file=listing)
+    cfg.dataset.train.wds.samples_per_shard = 2  # 3 shards × 2 declared: the failing one is made up by the others
+    loader = wds.build(request(cfg, results, batch_size=2))
+    assert len(epoch_keys(loader)) == 6
+    assert any(r["path"] == "pipe:exit 3" and r["reason"] in ("unreachable-shard", "unreadable-tar-member")
+               for r in bad_records(results))
+
+
+def test_truncated_shard_and_bad_samples_inside_shards(tmp_path):
+    root = _shards(tmp_path, shards=2)
+    broken = [RawSample(key="nocap", image=image_bytes(), caption=b"x"),
+              RawSample(key="corrupt", image=b"garbage", caption=b"corrupt image"),
+              RawSample(key="latin1", image=image_bytes(), caption=b"caf\xe9")]
+    write_shards(tmp_path / "extra", broken, shards=1)
+    shard = tmp_path / "extra" / "shard-000000.tar"
+    with tarfile.open(shard) as tar:  # drop the caption of "nocap"
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.name != "nocap.txt"]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+    (root / "shard-000002.tar").write_bytes(shard.read_bytes())
+    truncated = (root / "shard-000001.tar").read_bytes()
+    (root / "shard-000001.tar").write_bytes(truncated[: len(truncated) // 2 + 700])  # inside a member
+    results = tmp_path / "results"
+    cfg = _wds_config(root)
+    cfg.dataset.train.wds.count_samples = True  # more samples than readable ones: every shard is read
+    loader = wds.build(request(cfg, results, batch_size=1))
+    assert len(epoch_keys(loader)) == len(loader)
+    reasons = {(Path(r["path"]).name, r["reason"]) for r in bad_records(results)}
+    assert {("nocap", "missing-caption"), ("corrupt", "corrupt-image"), ("latin1", "caption-not-utf8"),
+            ("shard-000001.tar", "unreadable-tar-member")} <= reasons
+
+
+def test_fewer_shards_than_processes_and_too_small_epochs(tmp_path):
+    root = _shards(tmp_path, shards=1)
+    with pytest.raises(DataError) as err:
+        wds.build(request(_wds_config(root), batch_size=2, world_size=2))
+    assert "1 shard(s) for 2 processes" in str(err.value)
+    with pytest.raises(DataError) as err:
+        wds.build(request(_wds_config(root), batch_size=8))
+    assert "4 usable samples" in str(err.value) and "global batch of 8" in str(err.value)
