@@ -11,7 +11,21 @@ from core import hookimpl
 from core.backbone import BackboneFamily
 
 from backbones.siglip2.architectures import TYPES
-from backbones.siglip2.loading import build, tiny
+
+
+def build(cfg):
+    """See :func:`backbones.siglip2.loading.build` (imported on use: transformers is slow to import)."""
+    from backbones.siglip2.loading import build
+
+    return build(cfg)
+
+
+def tiny(model_type: str):
+    """See :func:`backbones.siglip2.loading.tiny`."""
+    from backbones.siglip2.loading import tiny
+
+    return tiny(model_type)
+
 
 FAMILY = BackboneFamily(
     name="siglip2", types=tuple(TYPES), build=build, tiny=tiny,

@@ -6,8 +6,9 @@ NaFlex is ``model_type: siglip2`` (``Siglip2Model``, linear embedding of flatten
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
-from transformers import Siglip2Config, SiglipConfig
 
 CONTEXT_LENGTH = 64
 NAFLEX_PATCH_BUDGET = 256  # the published NaFlex checkpoint's 16x16 learned position grid
@@ -48,8 +49,11 @@ TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 TINY_PATCHES_PER_SIDE = 2
 
 
-def hf_config(arch: Siglip2Type, *, tiny: bool = False, vocab_size: int = SO400M_VOCAB) -> SiglipConfig | Siglip2Config:
-    """The transformers config of ``arch`` at full (So400m) or tiny size."""
+def hf_config(arch: Siglip2Type, *, tiny: bool = False, vocab_size: int = SO400M_VOCAB) -> Any:
+    """The transformers ``SiglipConfig`` (``Siglip2Config`` for NaFlex) of ``arch`` at full
+    (So400m) or tiny size."""
+    from transformers import Siglip2Config, SiglipConfig
+
     dims = TINY if tiny else SO400M
     text = {**dims, "vocab_size": vocab_size, "max_position_embeddings": CONTEXT_LENGTH,
             "projection_size": dims["hidden_size"], "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
