@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from core.bad_samples import BadSample
 from core.errors import ClipcoreError, ConfigError, DataError
 from core.images import decoded, open_image, to_rgb
+from core.transforms import eval_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -60,8 +61,6 @@ class ModelEncoder:
     has_vision = has_text = True
 
     def __init__(self, model, device: torch.device | str = "cpu", *, source: dict[str, str] | None = None):
-        from core.transforms import eval_transform
-
         self.model, self.device = model, torch.device(device)
         self.tokenizer = model.tokenizer
         self.transform = eval_transform(model.preprocess)
