@@ -177,6 +177,19 @@ def test_only_the_needed_tower_is_opened(example, tmp_path):
         vision_only.encode_texts(["a cat"])
 
 
+def test_runner_refuses_sidecars_that_do_not_fit_the_graph(example, tmp_path):
+    export_onnx(example, export_config(tmp_path / "m.onnx"))
+    config = tmp_path / "m_config.yaml"
+    doc = yaml.safe_load(config.read_text())
+    doc["deploy"]["text"]["context_length"] = 64
+    config.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ClipcoreError, match="input_ids input has length 32 but its tokenizer pads to 64"):
+        open_runner(tmp_path / "m.onnx").encode_texts(["a cat"])
+    runner = open_runner(tmp_path / "m.onnx")
+    with pytest.raises(ClipcoreError, match=r"images have shape \(2, 3, 16, 16\), the model takes \[N, 3, 32, 32\]"):
+        runner.encode_images(np.zeros((2, 3, 16, 16), np.float32))
+
+
 def test_external_data_file(example, tmp_path, monkeypatch):
     import exporters.onnx.export as export_module
 

@@ -52,25 +52,12 @@ def output_files(onnx_file: str | Path, encoder_type: str) -> dict[str, Path]:
 def export_onnx(model, cfg) -> list[Path]:
     """Export ``model`` (put in fp32 eval mode) as ``cfg.export`` asks; returns the written ``.onnx`` files."""
     ec = cfg.export
-    if model.export_refusal:
-        raise ClipcoreError(f"{model.model_type} cannot be exported to ONNX: {model.export_refusal}",
-                            where="model.type", fix="export a fixed-resolution model type instead")
-    if not ec.onnx_file:
-        raise ConfigError("no output file given", where="export.onnx_file", fix="set export.onnx_file = 'model.onnx'")
-    if ec.opset_version < 11:
-        raise ConfigError(f"opset {ec.opset_version} is too old", where="export.opset_version", fix="use 11 or newer (17)")
-    if ec.batch_size == 0 or ec.batch_size < -1:
-        raise ConfigError(f"batch_size {ec.batch_size} is invalid", where="export.batch_size",
-                          fix="use -1 (dynamic batch) or a positive static batch size")
+    check_request(model, ec)
     files = output_files(ec.onnx_file, ec.encoder_type)
     base = Path(ec.onnx_file).with_suffix("")
     config_path = base.with_name(base.name + sidecar.CONFIG_SUFFIX)
     tokenizer_dir = base.with_name(base.name + sidecar.TOKENIZER_SUFFIX)
-    targets = [*files.values(), *(external_data_path(f) for f in files.values()), config_path, tokenizer_dir]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not ec.force:
-        raise ClipcoreError(f"refusing to overwrite {', '.join(existing)}", where="export.onnx_file",
-                            fix="choose another export.onnx_file, or pass --force (export.force = true)")
+    refuse_existing([*files.values(), *map(external_data_path, files.values()), config_path, tokenizer_dir], ec)
 
     base.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
@@ -84,8 +71,7 @@ def export_onnx(model, cfg) -> list[Path]:
             proto = trace(model, tower, ec, work / path.name)
             _record_io(proto, io)
             written = save(proto, Path(tmp) / path.name)
-            onnx.checker.check_model(str(written[0]), full_check=True)
-            gate(model, tower, written[0], ec)
+            check(model, tower, written[0], ec)
             if len(written) > 1:
                 external[path.name] = written[1].name
             staged.update({w: path.with_name(w.name) for w in written})
@@ -98,10 +84,31 @@ def export_onnx(model, cfg) -> list[Path]:
             if dst.is_dir():
                 shutil.rmtree(dst)
             src.replace(dst)
-        for path in (external_data_path(f) for f in files.values()):
+        for path in map(external_data_path, files.values()):
             if path.exists() and path.name not in external.values():
                 path.unlink()  # a stale weights file of an earlier, larger export (overwritten with --force)
     return list(files.values())
+
+
+def check_request(model, ec) -> None:
+    """Refuse what cannot be exported, with the reason."""
+    if model.export_refusal:
+        raise ClipcoreError(f"{model.model_type} cannot be exported to ONNX: {model.export_refusal}",
+                            where="model.type", fix="export a fixed-resolution model type instead")
+    if not ec.onnx_file:
+        raise ConfigError("no output file given", where="export.onnx_file", fix="set export.onnx_file = 'model.onnx'")
+    if ec.opset_version < 11:
+        raise ConfigError(f"opset {ec.opset_version} is too old", where="export.opset_version", fix="use 11 or newer (17)")
+    if ec.batch_size == 0 or ec.batch_size < -1:
+        raise ConfigError(f"batch_size {ec.batch_size} is invalid", where="export.batch_size",
+                          fix="use -1 (dynamic batch) or a positive static batch size")
+
+
+def refuse_existing(targets: list[Path], ec) -> None:
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not ec.force:
+        raise ClipcoreError(f"refusing to overwrite {', '.join(existing)}", where="export.onnx_file",
+                            fix="choose another export.onnx_file, or pass --force (export.force = true)")
 
 
 def external_data_path(onnx_path: Path) -> Path:
@@ -224,6 +231,16 @@ def save(proto: onnx.ModelProto, path: Path, threshold: int | None = None) -> li
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=0)
     return [path, data]
+
+
+def check(model, tower: str, path: Path, ec) -> None:
+    """``onnx.checker`` (full check), then ONNX Runtime vs PyTorch on the export batch."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ClipcoreError(f"{model.model_type}: the exported {tower} graph is invalid: {str(exc).splitlines()[0]}",
+                            where="model.type", fix="report this to the backbone plugin") from None
+    gate(model, tower, path, ec)
 
 
 def gate(model, tower: str, path: Path, ec) -> None:
