@@ -11,8 +11,9 @@ exactly the single-process gradients. Do not rescale by the world size; log the 
 
 Memory: no ``B×N`` (let alone ``N×N``) tensor is kept for backward. Each block of logits is
 computed, turned into its loss and its gradients, and freed (:class:`_SigmoidPairSum`), so the
-peak is ``~3·chunk·M`` floats for the block being processed, with ``M = B`` (``bidir``) or ``N``
-(``gather``) and ``chunk`` = ``train.siglip.chunk_size`` image rows (0: all ``B``). Texts reach the
+peak is ``~3·chunk·M`` fp32 values for the block being processed, with ``M = B`` (``bidir``) or
+``N`` (``gather``) and ``chunk`` = ``train.siglip.chunk_size`` image rows (default 4096; 0: all
+``B``); chunking costs no measurable time (``bench/bench_siglip_loss.py``, README "Losses"). Texts reach the
 other ranks either by ``bidir`` neighbour exchange (one ``B×D`` block in flight per direction) or
 by ``gather`` (an all-gather of ``N×D`` text features, fewer and larger messages).
 """
@@ -61,9 +62,9 @@ class SiglipLossConfig:
         metadata={"help": "How text features reach the other ranks: bidir (ring exchange in both directions, "
                           "B×B logits per step) | gather (all-gather with grad, B×N logits per step)."})
     chunk_size: int = attrs.field(
-        default=0, validator=_check_chunk_size,
-        metadata={"help": "Image rows per logits block (bounds peak memory at ~3·chunk_size·M floats); "
-                          "0: the whole local batch."})
+        default=4096, validator=_check_chunk_size,
+        metadata={"help": "Image rows per logits block: bounds the loss's peak memory at ~3·chunk_size·M fp32 "
+                          "values (M: local batch for bidir, global batch for gather); 0: the whole local batch."})
 
 
 class _SigmoidPairSum(torch.autograd.Function):
@@ -118,7 +119,7 @@ class _SigmoidPairSum(torch.autograd.Function):
 
 
 def sigmoid_pair_sum(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                     *, positive_offset: int | None, chunk: int = 0) -> torch.Tensor:
+                     *, positive_offset: int | None, chunk: int) -> torch.Tensor:
     """Summed sigmoid loss of ``image`` rows against ``text`` rows (see :class:`_SigmoidPairSum`)."""
     return _SigmoidPairSum.apply(image, text, scale, bias, positive_offset, chunk)
 
@@ -127,7 +128,7 @@ class SigLipLoss(nn.Module):
     """Sigmoid loss of this rank's pairs against the global batch; see the module docstring for
     normalisation, the gradient convention and memory."""
 
-    def __init__(self, dist_impl: str = "bidir", chunk_size: int = 0):
+    def __init__(self, dist_impl: str = "bidir", chunk_size: int = 4096):
         super().__init__()
         self.config = SiglipLossConfig(dist_impl=dist_impl, chunk_size=chunk_size)
 

@@ -7,10 +7,13 @@ module, and should not pay for it.
 from __future__ import annotations
 
 import math
+import socket
 
 import attrs
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -86,7 +89,7 @@ def test_identity_value_is_the_closed_form(module, reference):
 def test_siglip_chunks_and_bf16_autocast_give_fp32_results():
     image, text, log_scale, bias = (t.float() for t in random_problem(n=10))
     reference = loss_and_grads(losses.siglip.SigLipLoss(), image, text, log_scale, bias)
-    for chunk in (1, 3, 10, 64):
+    for chunk in (0, 1, 3, 10, 64):
         for a, b in zip(loss_and_grads(losses.siglip.SigLipLoss(chunk_size=chunk), image, text, log_scale, bias),
                         reference):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -145,7 +148,7 @@ def build_biasless_siglip(cfg):
 def build_local_only_siglip(cfg):
     """A broken plugin: a sigmoid loss that sees only this rank's pairs."""
     return lambda image, text, scale, bias: losses.siglip.sigmoid_pair_sum(
-        image, text, scale, bias, positive_offset=0) / len(image)
+        image, text, scale, bias, positive_offset=0, chunk=0) / len(image)
 
 
 def broken(build) -> LossSpec:
@@ -240,3 +243,35 @@ def test_accumulation_replays_dropout_masks():
     for name, grad in grads(model).items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
     assert torch.equal(torch.get_rng_state(), after)
+
+
+def ddp_accumulation_rank(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = []
+        for loss_fn in (losses.siglip.SigLipLoss(), losses.clip.ClipLoss()):
+            model = nn.parallel.DistributedDataParallel(tiny_model())
+            loss = accumulated_step(model, loss_fn, batches(6, 2)[rank * 3:(rank + 1) * 3])
+            results.append((loss, grads(model.module)))
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_ddp_accumulation_equals_one_process_on_the_whole_batch(tmp_path):
+    """2 DDP ranks × 3 micro-batches of 2 pairs (gradient sync in the last pass only) = 12 pairs at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(ddp_accumulation_rank, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    whole = [{key: torch.cat([b[key] for b in batches(6, 2)]) for key in ("image", "input_ids")}]
+    for case, loss_fn in enumerate((losses.siglip.SigLipLoss(), losses.clip.ClipLoss())):
+        model = tiny_model()
+        loss = accumulated_step(model, loss_fn, whole)
+        torch.testing.assert_close((ranks[0][case][0] + ranks[1][case][0]) / 2, loss, rtol=1e-5, atol=1e-6)
+        for name, grad in grads(model).items():
+            for rank in ranks:  # DDP averaged the gradients: every rank holds the single-process ones
+                torch.testing.assert_close(rank[case][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
