@@ -47,7 +47,8 @@ def source_box(width: int, height: int, spec: dict[str, Any]) -> Box:
         resized_w, resized_h = max(out_w, int(out_h * width / height)), out_h
     top, left = int(round((resized_h - out_h) / 2.0)), int(round((resized_w - out_w) / 2.0))
     sx, sy = width / resized_w, height / resized_h
-    return left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy
+    return (max(0.0, left * sx), max(0.0, top * sy), min(float(width), (left + out_w) * sx),
+            min(float(height), (top + out_h) * sy))
 
 
 def to_array(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:

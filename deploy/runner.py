@@ -54,8 +54,7 @@ class EmbeddingRunner:
         files = artifacts.files
         self.has_vision = "combined" in files or "vision" in files
         self.has_text = "combined" in files or "text" in files
-        scale = self.deploy["logit_scale"]
-        self.logit_scale = float(scale["exp"])
+        self.logit_scale = float(self.deploy["logit_scale"]["exp"])  # the multiplier exp(log-space scale)
         self.logit_bias = float(self.deploy["logit_bias"])
         self.embed_dim = int(self.deploy["embed_dim"])
 
