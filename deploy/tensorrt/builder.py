@@ -113,12 +113,12 @@ def _build(trt, logger, onnx_path: Path, shapes: dict[str, list[int]], profile: 
                             fix="re-export with `core export` (opset 17) and keep its external-data file beside it")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, t.workspace_size << 20)
-    opt_profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        inp = network.get_input(i)
-        dims = shapes[inp.name]
-        opt_profile.set_shape(inp.name, *[(b, *dims[1:]) for b in profile])
-    config.add_optimization_profile(opt_profile)
+    dynamic = [network.get_input(i).name for i in range(network.num_inputs) if shapes[network.get_input(i).name][0] == -1]
+    if dynamic:  # a static-batch export has nothing to profile
+        opt_profile = builder.create_optimization_profile()
+        for name in dynamic:
+            opt_profile.set_shape(name, *[(b, *shapes[name][1:]) for b in profile])
+        config.add_optimization_profile(opt_profile)
     if t.data_type == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
         _keep_fp32(trt, network)
