@@ -96,7 +96,8 @@ def build_engines(cfg) -> list[Path]:
         for tower, onnx_path in artifacts.files.items():
             staged = Path(tmp) / engines[tower].name
             staged.write_bytes(_build(trt, logger, onnx_path, shapes[tower], profile, cfg))
-            _verify(onnx_path, staged, artifacts, profile[1], g.tensorrt.data_type)
+            static = [dims[0] for dims in shapes[tower].values() if dims[0] > 0]
+            _verify(onnx_path, staged, artifacts, static[0] if static else profile[1], g.tensorrt.data_type)
             staged.replace(engines[tower])
     copy_sidecars(artifacts, engines, profile, g.tensorrt.data_type)
     return list(engines.values())
