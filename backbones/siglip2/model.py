@@ -84,7 +84,13 @@ class SiglipClip(ClipModel):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for tower in (self.vision_tower, self.text_tower):
-            if enable:
-                tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers >= 5.2x names it activation_checkpointing_*; earlier 5.x gradient_checkpointing_*
+            if hasattr(tower, "activation_checkpointing_enable"):
+                if enable:
+                    tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    tower.activation_checkpointing_disable()
+            elif enable:
+                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
-                tower.activation_checkpointing_disable()
+                tower.gradient_checkpointing_disable()
