@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import attrs
 import numpy as np
@@ -12,16 +12,18 @@ import numpy as np
 class Runner(Protocol):
     """A deployed model (ONNX Runtime session, TensorRT engine) that computes embeddings.
 
-    ``has_vision`` / ``has_text`` say which towers are loaded. ``encode_images(paths)`` and
-    ``encode_texts(texts)`` return L2-normalised float32 ``[N, D]`` arrays, doing preprocessing and
-    tokenisation from the sidecars alone. ``max_batch`` is the largest batch one call may run.
+    ``has_vision`` / ``has_text`` say which towers are loaded. ``encode_images(images)`` takes
+    image paths or PIL images (preprocessed from the sidecars alone) or an already preprocessed
+    float32 ``[N, 3, H, W]`` array; ``encode_texts(texts)`` tokenises from the sidecars. Both
+    return L2-normalised float32 ``[N, D]`` arrays. ``max_batch`` is the largest batch one call
+    may run (``None``: any).
     """
 
     has_vision: bool
     has_text: bool
     max_batch: int | None
 
-    def encode_images(self, images: np.ndarray) -> np.ndarray: ...
+    def encode_images(self, images: Union[np.ndarray, Sequence[Any]]) -> np.ndarray: ...
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
