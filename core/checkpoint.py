@@ -96,12 +96,18 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, *, key: 
         raise ClipcoreError(
             f"{path} was saved for model type {saved_type!r}, but model.type is {model_type!r}",
             where=key, fix=f"set model.type = {saved_type!r}, or use a checkpoint of {model_type!r}")
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    fix = "check that the checkpoint and the model config (size, adaptor, image size) belong together"
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as exc:  # size mismatches, reported by torch one per line
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ClipcoreError(f"{path} does not match the {model_type} architecture built from the config: "
+                            + ("; ".join(mismatches[:3]) or str(exc).splitlines()[0]), where=key, fix=fix) from None
     if missing or unexpected:
         raise ClipcoreError(
             f"{path} does not match the {model_type} architecture: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})",
-            where=key, fix="check that the checkpoint and the model config (size, adaptor) belong together")
+            where=key, fix=fix)
     return ckpt
 
 
