@@ -3,8 +3,8 @@
 Every variant runs in a fresh process (so peak memory is its own): one process on the whole
 batch, then (``--world 2``, CPU only) two gloo processes each holding half of it. Peak memory is
 the rise of the peak (process RSS on CPU, allocated CUDA memory on GPU) during the first
-forward+backward over the level just before it; time is the median of the following iterations.
-Features are fp32, L2-normalised, requires_grad.
+forward+backward over the level just before it; time is the fastest of the following iterations
+(the machine may be shared). Features are fp32, L2-normalised, requires_grad.
 
     .venv/bin/python bench/bench_siglip_loss.py --batch 8192 --dim 768 --world 2
     python bench/bench_siglip_loss.py --device cuda --batch 32768 --dim 1152 --chunk 4096 --world 1
@@ -16,7 +16,6 @@ import argparse
 import os
 import resource
 import socket
-import statistics
 import time
 from datetime import timedelta
 
@@ -80,7 +79,7 @@ def measure(rank: int, variant: str, world: int, batch: int, dim: int, iters: in
     step()
     peak = peak_mib(device) - before
     times = [step() for _ in range(iters)]
-    queue.put((variant, rank, statistics.median(times), peak))
+    queue.put((variant, rank, min(times), peak))
     if world > 1:
         torch.distributed.destroy_process_group()
 

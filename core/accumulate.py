@@ -44,13 +44,11 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
     doing it (``lambda loss: scaler.scale(loss).backward()``). ``autocast`` wraps forwards and loss.
     """
     do_backward = (lambda loss: loss.backward()) if backward is True else backward or None
-    if len(micro_batches) == 1:
-        batch = micro_batches[0]
+    if len(micro_batches) == 1 and do_backward is not None:
         with autocast():
-            out = model(batch["image"], batch["input_ids"])
+            out = _encode(model, micro_batches[0])
             loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
-        if do_backward is not None:
-            do_backward(loss)
+        do_backward(loss)
         return loss.detach()
 
     cached: dict[str, list[torch.Tensor]] = {key: [] for key in FEATURES}
@@ -59,12 +57,12 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
         for batch in micro_batches:
             rng_states.append(_rng_state(batch["image"].device))
             with autocast():
-                out = model(batch["image"], batch["input_ids"])
+                out = _encode(model, batch)
             for key in FEATURES:
                 cached[key].append(out[key])
-    if do_backward is None:
-        with torch.no_grad(), autocast():
-            return loss_fn(*(torch.cat(cached[key]) for key in FEATURES), out["logit_scale"], out["logit_bias"])
+        if do_backward is None:
+            with autocast():
+                return loss_fn(*(torch.cat(cached[key]) for key in FEATURES), out["logit_scale"], out["logit_bias"])
 
     last = len(micro_batches) - 1
     with _rng_preserved(micro_batches[0]["image"].device):
@@ -72,7 +70,7 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
             _set_rng_state(batch["image"].device, rng)
             with _gradient_sync(model, enabled=index == last):
                 with autocast():
-                    out = model(batch["image"], batch["input_ids"])
+                    out = _encode(model, batch)
                     features = [torch.cat([*cached[key][:index], out[key], *cached[key][index + 1:]])
                                 for key in FEATURES]
                     scale, bias = out["logit_scale"], out["logit_bias"]
@@ -81,6 +79,10 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
                     loss = loss_fn(*features, scale, bias)
                 do_backward(loss)
     return loss.detach()
+
+
+def _encode(model: nn.Module, batch: Batch) -> dict[str, Any]:
+    return model(batch["image"], batch["input_ids"])
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ class _SigmoidPairSum(torch.autograd.Function):
             for start in range(0, img.shape[0], rows):
                 block = img[start:start + rows]
                 dot = block @ txt.T
-                z = dot * s + b
+                z = torch.addcmul(b, dot, s)
                 total += F.softplus(z).sum()
                 if offset is not None:
                     total -= z.diagonal(offset + start).sum()
