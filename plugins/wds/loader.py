@@ -2,10 +2,10 @@
 
 Epoch length: every shard holds ``samples_per_shard`` samples (or, with ``count_samples``, the
 counted number); each rank yields :func:`plugins.wds.stream.batches_per_rank` batches every
-epoch, so schedules and checkpoints work. Worker processes emit single samples and this process
-forms the batches (tokenising captions), so a worker's quota need not be a multiple of the batch
-size. ``state_dict()`` holds, per worker, the raw position and samples emitted behind the
-batches consumed so far; a resumed run with the same world size and worker count continues
+epoch, so schedules and checkpoints work. Worker processes send chunks of up to a batch of
+decoded samples and this process cuts them into batches (tokenising captions), so a worker's
+quota need not be a multiple of the batch size. ``state_dict()`` holds, per worker, the raw
+position and samples emitted behind the batches consumed so far; a resumed run with the same world size and worker count continues
 exactly there. With a different world size or worker count, shards are assigned differently,
 so the position is restored approximately (the same number of batches remains; a warning says
 so).
@@ -13,6 +13,7 @@ so).
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Iterator
 
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core.bad_samples import BadSampleLog
-from core.batching import check_global_batch, collate_samples, finish_batch, worker_seeds
+from core.batching import check_global_batch, finish_batch, worker_seeds
 from core.data import DataRequest
 from core.errors import DataError
 from plugins.wds.shards import KEY, count_samples, list_shards
@@ -87,28 +88,47 @@ class ShardLoader:
         self.log.epoch = self.epoch
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=identity,
                             generator=worker_seeds(self.seed, self.epoch))
-        pending: list[dict[str, Any]] = []
+        chunks: collections.deque[list] = collections.deque()  # [chunk, samples of it already used]
+        available = 0
         try:
-            for sample in loader:
-                if "fatal" in sample:
-                    finish_batch(collate_samples([sample]), self.tokenizer, self.log)
-                pending.append(sample)
-                if len(pending) < self.batch_size:
-                    continue
-                batch = finish_batch(collate_samples(pending), self.tokenizer, self.log)
-                if self.pin_memory:
-                    batch["image"] = batch["image"].pin_memory()
-                for s in pending:
-                    self.stream.starts[s["worker"]] = WorkerStart(s["position"], s["emitted"])
-                pending = []
-                self.position += 1
-                yield batch
+            for chunk in loader:
+                if "fatal" in chunk:
+                    self.log.record_all(chunk["bad"])
+                    raise DataError(**chunk["fatal"])
+                chunks.append([chunk, 0])
+                available += len(chunk["key"])
+                while available >= self.batch_size:
+                    batch = finish_batch(self._take(chunks), self.tokenizer, self.log)
+                    available -= self.batch_size
+                    if self.pin_memory:
+                        batch["image"] = batch["image"].pin_memory()
+                    self.position += 1
+                    yield batch
             if self.position != self.batches:
                 raise RuntimeError(f"wds stream ended after {self.position} of {self.batches} batches")
             self.position = 0
             self._reset_workers()
         finally:
             self.log.report(f"epoch {self.epoch}")
+
+    def _take(self, chunks: collections.deque) -> dict[str, Any]:
+        """The next ``batch_size`` samples from the chunks received, as a raw batch; moves each
+        worker's resume point past the samples taken."""
+        parts, need = [], self.batch_size
+        while need:
+            chunk, used = chunks[0]
+            take = min(need, len(chunk["key"]) - used)
+            parts.append((chunk, used, used + take))
+            chunks[0][1] += take
+            if chunks[0][1] == len(chunk["key"]):
+                chunks.popleft()
+            need -= take
+        for chunk, _, end in parts:
+            self.stream.starts[chunk["worker"]] = WorkerStart(chunk["position"][end - 1], chunk["emitted"][end - 1])
+        return {"image": torch.cat([c["image"][a:b] for c, a, b in parts]),
+                "caption": [t for c, a, b in parts for t in c["caption"][a:b]],
+                "key": [k for c, a, b in parts for k in c["key"][a:b]],
+                "bad": [r for c, a, b in parts for records in c["bad"][a:b] for r in records]}
 
 
 def build(request: DataRequest) -> ShardLoader:
@@ -132,5 +152,5 @@ def build(request: DataRequest) -> ShardLoader:
     stream = ShardStream(shards, sizes, samples=batches * batch, transform=request.transform,
                          max_pixels=cfg.dataset.max_image_pixels, caption_mode=wds.caption_mode,
                          buffer=wds.shuffle_buffer, seed=request.seed, rank=request.rank, world_size=world,
-                         workers=request.num_workers)
+                         workers=request.num_workers, chunk=batch)
     return ShardLoader(stream, batches, request, bad_samples)

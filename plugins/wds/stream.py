@@ -18,6 +18,7 @@ import random
 from typing import Any, Iterator, Sequence
 
 import attrs
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from core.bad_samples import BadSample
@@ -72,12 +73,11 @@ class WorkerStart:
 
 
 class ShardStream(IterableDataset):
-    """Yields this rank's samples for ``epoch``; each is ``{"image", "caption", "key", "bad",
-    "worker", "position", "emitted"}`` (or ``{"fatal", ...}`` when a worker finds nothing readable)."""
+    """This rank's samples for ``epoch``, as chunks from each loader worker (see ``__iter__``)."""
 
     def __init__(self, shards: list[str], sizes: list[int], *, samples: int, transform: Any, max_pixels: int,
-                 caption_mode: str, buffer: int, seed: int, rank: int, world_size: int, workers: int):
-        self.shards, self.sizes, self.samples = shards, sizes, samples
+                 caption_mode: str, buffer: int, seed: int, rank: int, world_size: int, workers: int, chunk: int):
+        self.shards, self.sizes, self.samples, self.chunk = shards, sizes, samples, chunk
         self.transform, self.max_pixels, self.caption_mode, self.buffer = transform, max_pixels, caption_mode, buffer
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, max(workers, 1)
         self.epoch = 0
@@ -88,12 +88,27 @@ class ShardStream(IterableDataset):
                           world_size=self.world_size, workers=self.workers, samples=self.samples)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This worker's samples in chunks of up to ``chunk`` (one transfer each):
+        ``image`` stacked, and per sample ``caption``, ``key``, ``bad`` (records met before
+        it), ``position`` and ``emitted``; or a final ``{"fatal", "bad"}``."""
         info = get_worker_info()
         worker = info.id if info is not None else 0
         plan = self.plan()
-        yield from self._worker(worker, [url for url, _ in plan.shards[worker]], plan.quotas[worker])
+        chunk: list[dict[str, Any]] = []
+        for sample in self._samples(worker, [url for url, _ in plan.shards[worker]], plan.quotas[worker]):
+            if "fatal" in sample:
+                if chunk:
+                    yield _stack(chunk, worker)
+                yield {"fatal": sample["fatal"], "bad": sample["bad"]}
+                return
+            chunk.append(sample)
+            if len(chunk) == self.chunk:
+                yield _stack(chunk, worker)
+                chunk = []
+        if chunk:
+            yield _stack(chunk, worker)
 
-    def _worker(self, worker: int, shards: list[str], quota: int) -> Iterator[dict[str, Any]]:
+    def _samples(self, worker: int, shards: list[str], quota: int) -> Iterator[dict[str, Any]]:
         start = self.starts[worker]
         emitted, position, skipped, idle_passes, bad = start.emitted, start.position, 0, 0, []
         if emitted >= quota or not shards:
@@ -126,7 +141,7 @@ class ShardStream(IterableDataset):
                 continue
             idle_passes = 0
             emitted += 1
-            yield {**sample, "bad": bad, "worker": worker, "position": position, "emitted": emitted}
+            yield {**sample, "bad": bad, "position": position, "emitted": emitted}
             bad = []
             if emitted >= quota:
                 return
@@ -166,6 +181,11 @@ class ShardStream(IterableDataset):
         return {"image": decoded(lambda: self.transform(opened)), "caption": rng.choice(captions), "key": key}
 
 
+def _stack(samples: list[dict[str, Any]], worker: int) -> dict[str, Any]:
+    return {"image": torch.stack([s["image"] for s in samples]), "worker": worker,
+            **{field: [s[field] for s in samples] for field in ("caption", "key", "bad", "position", "emitted")}}
+
+
 def _members(item: dict[str, Any]) -> str:
     return ", ".join(k for k in item if not k.startswith("__")) or "none"
 
@@ -173,7 +193,7 @@ def _members(item: dict[str, Any]) -> str:
 _PASS_END = object()
 
 
-def identity(sample: Any) -> Any:
-    """DataLoader collate for single samples (batches are formed in the training process)."""
-    return sample
+def identity(chunk: Any) -> Any:
+    """DataLoader collate for worker chunks (batches are formed in the training process)."""
+    return chunk
 
