@@ -7,7 +7,7 @@ shape's size, colour, kind and position, so text can find its image. The data is
 the seed alone (each sample has its own random stream). Layout::
 
     OUT/train/images, OUT/train/captions     (--format custom)
-    OUT/train/shards/shard-*.tar             (--format wds)
+    OUT/train/shard-*.tar                    (--format wds, eight shards)
     OUT/val/images, OUT/val/captions         (always custom: validation needs retrieval)
     OUT/dataset.toml                         the [dataset] section that reads it back
 
