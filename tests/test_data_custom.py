@@ -127,12 +127,15 @@ def test_mid_epoch_position_is_restored_exactly(tmp_path):
     batches = iter(loader)
     head = [k for _ in range(2) for k in next(batches)["key"]]
     state = loader.state_dict()
-    assert state == {"epoch": 1, "batch": 2}
+    assert state == {"epoch": 1, "batch": 2, "global_batch": 2}
     resumed = build(request(cfg, batch_size=2, num_workers=0))
     resumed.load_state_dict(state)
     resumed.set_epoch(1)
     assert head + [k for b in resumed for k in b["key"]] == full
     assert epoch_keys(resumed, 1) == full  # the next pass over the epoch starts from its beginning
+    wider = build(request(cfg, batch_size=4))
+    wider.load_state_dict(state)
+    assert wider.state_dict()["batch"] == 1  # 4 samples done = one batch of 4
 
 
 def test_missing_image_dir_is_a_clear_error(tmp_path):

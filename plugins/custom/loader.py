@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import random
 from typing import Any, Iterator
 
@@ -26,6 +27,8 @@ from core.captions import parse_captions
 from core.data import DataRequest, RetrievalSet
 from core.images import decoded, open_image
 from plugins.custom.index import EntryIndex, index_entries
+
+log = logging.getLogger("clipcore.data")
 
 
 class PairDataset(Dataset):
@@ -116,7 +119,8 @@ class PairLoader:
     def __init__(self, dataset: PairDataset, request: DataRequest, log: BadSampleLog):
         self.dataset, self.tokenizer, self.log, self.seed = dataset, request.tokenizer, log, request.seed
         self.sampler = RankBatches(len(dataset), request.batch_size, request.rank, request.world_size, request.seed)
-        self.num_samples = self.sampler.num_batches * request.batch_size * request.world_size
+        self.global_batch = request.batch_size * request.world_size
+        self.num_samples = self.sampler.num_batches * self.global_batch
         self.epoch, self.position = 0, 0
         workers = request.num_workers
         self._loader = DataLoader(
@@ -132,10 +136,17 @@ class PairLoader:
             self.epoch, self.position = epoch, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.position}
+        return {"epoch": self.epoch, "batch": self.position, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position; saved with another global batch (batch size × world size), the
+        same number of samples is skipped, rounded down to whole batches."""
         self.epoch, self.position = int(state["epoch"]), int(state["batch"])
+        saved = int(state.get("global_batch", self.global_batch))
+        if saved != self.global_batch:
+            self.position = self.position * saved // self.global_batch
+            log.warning("the data position was saved with a global batch of %d, this run has %d: resuming after "
+                        "%d batches", saved, self.global_batch, self.position)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.sampler.epoch, self.sampler.start = self.epoch, self.position
