@@ -13,6 +13,7 @@ forward+backward over the level just before it; time is the fastest of the follo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import socket
@@ -76,7 +77,11 @@ def measure(rank: int, variant: str, world: int, batch: int, dim: int, iters: in
         return seconds
 
     before = memory_mib(device)
-    step()
+    try:
+        step()
+    except torch.OutOfMemoryError:
+        queue.put((variant, rank, math.nan, math.nan))
+        return
     peak = peak_mib(device) - before
     times = [step() for _ in range(iters)]
     queue.put((variant, rank, min(times), peak))
@@ -128,8 +133,11 @@ def main() -> None:
         for variant in variants:
             seconds, peak = run(variant, world, args)
             baseline = baseline or (seconds, peak)
-            print(f"{world:>9}  {variant:<28} {seconds:>8.3f} {peak:>9.0f} "
-                  f"{seconds / baseline[0]:>7.2f} {peak / baseline[1]:>8.2f}")
+            if math.isnan(seconds):
+                print(f"{world:>9}  {variant:<28} {'out of memory':>18}")
+                continue
+            ratios = ("-", "-") if math.isnan(baseline[0]) else (f"{seconds / baseline[0]:.2f}", f"{peak / baseline[1]:.2f}")
+            print(f"{world:>9}  {variant:<28} {seconds:>8.3f} {peak:>9.0f} {ratios[0]:>7} {ratios[1]:>8}")
     print("×: relative to open_clip SigLipLoss (bidir) at the same process count; < 1 is better")
 
 
