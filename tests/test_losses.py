@@ -24,8 +24,8 @@ from core.config import ExperimentConfig
 from core.errors import ConfigError
 from core.loss import MAX_LOGIT_SCALE, LossSpec, clamp_logit_scale
 from core.registry import Provider, load_registry
-from core.testing.loss_checks import (LOSS_CHECKS, check_identity_value, check_logit_params_used,
-                                      distributed_equivalence)
+from core.testing.loss_checks import (LOSS_CHECKS, check_gradients_finite, check_identity_value,
+                                      check_logit_params_used, distributed_equivalence)
 from losses.siglip import SiglipLossConfig
 
 torch.set_num_threads(1)
@@ -151,6 +151,17 @@ def build_local_only_siglip(cfg):
         image, text, scale, bias, positive_offset=0, chunk=0) / len(image)
 
 
+def build_naive_siglip(cfg):
+    """A broken plugin: log(sigmoid(x)) underflows to log(0) for confident wrong pairs."""
+
+    def loss(image, text, scale, bias):
+        labels = 2 * torch.eye(len(image)) - 1
+        logits = scale * image @ text.T + (0 if bias is None else bias)
+        return -torch.log(torch.sigmoid(labels * logits)).sum() / len(image)
+
+    return loss
+
+
 def broken(build) -> LossSpec:
     return LossSpec(name="broken", build=build, init_logit_scale=0.0, init_logit_bias=0.0,
                     identity_value=losses.siglip.identity_value)
@@ -162,6 +173,9 @@ def test_checks_name_the_plugin_and_the_rule(registry):
         check_identity_value(entry, registry)
     with pytest.raises(AssertionError, match="loss 'broken': rule logit parameters used: the logit bias"):
         check_logit_params_used(entry, registry)
+    entry = attrs.evolve(entry, obj=broken(build_naive_siglip))
+    with pytest.raises(AssertionError, match="loss 'broken': rule finite loss: .* gave inf"):
+        check_gradients_finite(entry, registry)
 
 
 @pytest.mark.distributed
