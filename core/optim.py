@@ -99,7 +99,11 @@ def build_optimizer(model: nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
     groups = param_groups(model, optim_cfg)
     kwargs = {"betas": tuple(optim_cfg.betas), "eps": optim_cfg.eps}
     if optim_cfg.optimizer_type == "adamw":
-        return torch.optim.AdamW(groups, **kwargs)
+        params = [p for group in groups for p in group["params"]]
+        # the fused kernel (CPU and CUDA) is several times faster than torch's per-tensor default
+        # on CPU; sharded (DTensor) parameters take the multi-tensor path
+        fused = all(p.device.type in ("cpu", "cuda") and not hasattr(p, "placements") for p in params)
+        return torch.optim.AdamW(groups, fused=fused, foreach=None if fused else True, **kwargs)
     if optim_cfg.optimizer_type == "lamb":
         return Lamb(groups, **kwargs)
     raise ConfigError(f"unknown optimizer {optim_cfg.optimizer_type!r}", where="train.optim.optimizer_type",

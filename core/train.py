@@ -242,7 +242,7 @@ class Trainer:
         if not all_true(bool(torch.isfinite(loss)), self.world):
             raise non_finite_loss_error(self.cfg, self.step, self.checkpoints.latest())
         self.scaler.unscale_(self.optimizer)
-        grad_norm = self.clip_gradients()
+        grad_norm = self.clip_gradients(measure=self._log_due(self.step + 1))
         lrs = {group["name"].removesuffix("_no_decay"): group["lr"] for group in self.optimizer.param_groups}
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -263,16 +263,23 @@ class Trainer:
         return torch.autocast(self.world.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def clip_gradients(self) -> torch.Tensor:
-        params = [p for p in self.clip.parameters() if p.grad is not None]
+    def clip_gradients(self, *, measure: bool) -> torch.Tensor | None:
+        """Clip to ``train.grad_clip_norm``; the global norm before clipping, when clipping or
+        ``measure`` (a logging step) asks for it, else ``None``."""
         max_norm = self.cfg.train.grad_clip_norm
+        if not (max_norm or measure):
+            return None
+        params = [p for p in self.clip.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else math.inf)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def _log_due(self, step: int) -> bool:
+        return step % self.cfg.train.log_every_n_steps == 0 or step == self.total_steps
 
     def after_step(self, metrics: dict[str, Any]) -> None:
         train = self.cfg.train
         self.log.advance(step=self.step, epoch=self.epoch_number)
-        if self.step % train.log_every_n_steps == 0 or self.step == self.total_steps:
+        if self._log_due(self.step):
             self.log_train_metrics(metrics)
         val_metrics = None
         if train.val_check_interval and self.step % train.val_check_interval == 0:

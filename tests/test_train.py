@@ -206,3 +206,39 @@ def test_step_validation_interval(tmp_path):
     _run(tiny_config(tmp_path, validate=True, num_epochs=1, val_check_interval=3))
     records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val/t2i_R@1" in r] == [3]
+
+
+def test_core_train_launches_torchrun_for_several_processes(tmp_path, monkeypatch):
+    import argparse
+
+    import core.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    args = argparse.Namespace(config="clip.toml", results_dir=str(tmp_path), num_gpus=2,
+                              overrides=["train.num_epochs=3"])
+    train_module.run(tiny_config(tmp_path, num_gpus=2), args)
+    (cmd, env), = calls
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    assert "--nnodes=1" in cmd and "--standalone" in cmd
+    assert cmd[cmd.index("-m", 2):] == ["-m", "core.train", "--config", "clip.toml", f"results_dir={tmp_path}",
+                                        "train.num_gpus=2", "train.num_epochs=3"]
+
+    monkeypatch.setattr(train_module.subprocess, "call", lambda cmd, env: 1)
+    with pytest.raises(ClipcoreError, match="torchrun worker") as err:
+        train_module.run(tiny_config(tmp_path, num_gpus=2), args)
+    assert "logs" in str(err.value)
+
+
+def test_two_nodes_need_the_rendezvous_environment(tmp_path, monkeypatch):
+    from core.distributed import torchrun_command
+
+    cfg = tiny_config(tmp_path, num_gpus=4, num_nodes=2)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        torchrun_command(cfg.train, [])
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("NODE_RANK", "1")
+    cmd = torchrun_command(cfg.train, ["--config", "x.toml"])
+    assert {"--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
+            "--master_port=29500"} <= set(cmd)
