@@ -79,11 +79,11 @@ def measure(rank: int, variant: str, world: int, batch: int, dim: int, iters: in
     before = memory_mib(device)
     try:
         step()
+        peak = peak_mib(device) - before
+        times = [step() for _ in range(iters)]
     except torch.OutOfMemoryError:
         queue.put((variant, rank, math.nan, math.nan))
         return
-    peak = peak_mib(device) - before
-    times = [step() for _ in range(iters)]
     queue.put((variant, rank, min(times), peak))
     if world > 1:
         torch.distributed.destroy_process_group()

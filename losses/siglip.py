@@ -101,7 +101,7 @@ class _SigmoidPairSum(torch.autograd.Function):
                     g.diagonal(offset + start).sub_(1)
                 torch.mm(g, txt, out=grad_img[start:start + rows])
                 grad_txt.addmm_(g.T, block)
-                grad_s += torch.dot(g.view(-1), dot.view(-1))
+                grad_s += dot.mul_(g).sum()  # dot is not needed after this
                 grad_b += g.sum()
         if need_grad:
             grad_img.mul_(s)
