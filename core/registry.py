@@ -40,6 +40,27 @@ class ConfigSection:
     cls: type
 
 
+class lazy:
+    """A callable that imports ``"module:attr"`` on first call, so a plugin's entry-point module
+    can register its functions without importing heavy libraries (transformers, open_clip,
+    onnx) at discovery time: ``build=lazy("my_plugin.model:build")``."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._fn: Callable | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._fn is None:
+            import importlib
+
+            module, _, attr = self.target.partition(":")
+            self._fn = getattr(importlib.import_module(module), attr)
+        return self._fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"lazy({self.target!r})"
+
+
 @attrs.frozen
 class Kind:
     """One kind of registrable thing: its hook, the class it must be, and its label."""

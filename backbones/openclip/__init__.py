@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from core import hookimpl
 from core.backbone import BackboneFamily
+from core.registry import lazy
 
 from backbones.openclip.configs import TYPES
-from backbones.openclip.loading import build, matches, tiny
 
 FAMILY = BackboneFamily(
-    name="openclip", types=TYPES, build=build, tiny=tiny, matches=matches,
+    name="openclip", types=TYPES, build=lazy("backbones.openclip.loading:build"),
+    tiny=lazy("backbones.openclip.loading:tiny"), matches=lazy("backbones.openclip.loading:matches"),
     description="NV-CLIP ViT-{L,H}-14-SigLIP-CLIPA, clipcore-demo-tiny, and openclip:<Name> for any open_clip model.")
 
 

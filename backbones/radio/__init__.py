@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from core import hookimpl
 from core.backbone import BackboneFamily
-from core.registry import ConfigSection
+from core.registry import ConfigSection, lazy
 
-from backbones.radio.factory import build, check, tiny
 from backbones.radio.config import SECTION, RadioConfig
 from backbones.radio.sizes import SIZES
 
 FAMILY = BackboneFamily(
-    name="radio", types=tuple(SIZES), build=build, tiny=tiny, check=check,
+    name="radio", types=tuple(SIZES), build=lazy("backbones.radio.factory:build"),
+    tiny=lazy("backbones.radio.factory:tiny"), check=lazy("backbones.radio.factory:check"),
     config_sections=(ConfigSection(SECTION, RadioConfig),),
     description="RADIO-CLIP: C-RADIOv3 B/L/H/g (timm) + adaptor head, with the SigLIP2 (`siglip`) or "
                 "DFN CLIP (`clip`) teacher text tower; set model.adaptor_name.")

@@ -9,26 +9,14 @@ from __future__ import annotations
 
 from core import hookimpl
 from core.backbone import BackboneFamily
+from core.registry import lazy
 
 from backbones.siglip2.architectures import TYPES
 
 
-def build(cfg):
-    """See :func:`backbones.siglip2.loading.build` (imported on use: transformers is slow to import)."""
-    from backbones.siglip2.loading import build
-
-    return build(cfg)
-
-
-def tiny(model_type: str):
-    """See :func:`backbones.siglip2.loading.tiny`."""
-    from backbones.siglip2.loading import tiny
-
-    return tiny(model_type)
-
-
 FAMILY = BackboneFamily(
-    name="siglip2", types=tuple(TYPES), build=build, tiny=tiny,
+    name="siglip2", types=tuple(TYPES), build=lazy("backbones.siglip2.loading:build"),
+    tiny=lazy("backbones.siglip2.loading:tiny"),
     description="SigLIP2 So400m (transformers): fixed-resolution SiglipModel and NaFlex Siglip2Model.")
 
 

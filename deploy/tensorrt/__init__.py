@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from core import hookimpl
 from core.exporter import EngineBuilder
+from core.registry import lazy
 
 SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -26,20 +27,8 @@ def unavailable() -> str | None:
     return None
 
 
-def build_engines(cfg):
-    from deploy.tensorrt import builder
-
-    return builder.build_engines(cfg)
-
-
-def open_engine_runner(path, **options):
-    from deploy.tensorrt import runner
-
-    return runner.open_runner(path, **options)
-
-
 @hookimpl
 def register_engine_builders(register):
-    register(EngineBuilder(name="tensorrt", unavailable=unavailable, build=build_engines, suffixes=SUFFIXES,
-                           open_runner=open_engine_runner,
+    register(EngineBuilder(name="tensorrt", unavailable=unavailable, build=lazy("deploy.tensorrt.builder:build_engines"),
+                           suffixes=SUFFIXES, open_runner=lazy("deploy.tensorrt.runner:open_runner"),
                            description="TensorRT engines (fp32 | fp16 with fp32 LayerNorm/Softmax) + runner"))

@@ -6,27 +6,15 @@ Heavy imports (torch.onnx, onnx, onnxruntime) happen on use, so loading the plug
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from core import hookimpl
 from core.exporter import Exporter
+from core.registry import lazy
 
 SUFFIXES = (".onnx",)
 
 
-def export_model(model, cfg) -> list[Path]:
-    from exporters.onnx.export import export_onnx
-
-    return export_onnx(model, cfg)
-
-
-def open_onnx_runner(path, **options):
-    from deploy.onnxruntime_runner import open_runner as open_ort
-
-    return open_ort(path, **options)
-
-
 @hookimpl
 def register_exporters(register):
-    register(Exporter(name="onnx", suffixes=SUFFIXES, export=export_model, open_runner=open_onnx_runner,
+    register(Exporter(name="onnx", suffixes=SUFFIXES, export=lazy("exporters.onnx.export:export_onnx"),
+                      open_runner=lazy("deploy.onnxruntime_runner:open_runner"),
                       description="ONNX (TAO I/O names; combined or separate towers) + ONNX Runtime runner"))
