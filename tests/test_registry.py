@@ -150,3 +150,25 @@ def test_core_plugins_lists_the_example_plugin(capsys):
     [example] = [p for p in listing["plugins"] if p["plugin"] == "example_backbone"]
     assert example["version"] == "0.3.0"
     assert example["registers"] == {"backbones": ["example (example-tiny)"]}
+
+
+def test_lazy_imports_its_target_on_first_call_only(monkeypatch):
+    import sys
+
+    from core.registry import lazy
+
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    fn = lazy("colorsys:rgb_to_hsv")
+    assert "colorsys" not in sys.modules and repr(fn) == "lazy('colorsys:rgb_to_hsv')"
+    assert fn(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert "colorsys" in sys.modules
+
+
+def test_plugin_discovery_does_not_import_model_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys; from core.registry import load_registry; load_registry(); "
+            "print(sorted(m for m in ('open_clip', 'timm', 'transformers', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
