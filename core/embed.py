@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from core.bad_samples import BadSample
-from core.errors import ClipcoreError, ConfigError, DataError
+from core.errors import ClipcoreError, DataError
 from core.images import decoded, open_image, to_rgb
 from core.transforms import eval_transform
 
@@ -120,21 +120,12 @@ def open_encoder(cfg, section: str, device: torch.device | str = "cpu") -> Encod
 def _open_runner(kind: str, path: str, key: str):
     from core.registry import get_registry
 
-    suffix = Path(path).suffix
-    label = "exporter" if kind == "exporters" else "engine builder"
-    known = []
-    for entry in get_registry().entries[kind].values():
-        plugin = entry.obj
-        known += plugin.suffixes
-        if plugin.open_runner is None or suffix not in plugin.suffixes:
-            continue
-        reason = plugin.unavailable() if hasattr(plugin, "unavailable") else None
-        if reason:
-            raise ClipcoreError(f"{plugin.name} cannot run here: {reason}", where=key,
-                                fix="run on a machine that has it, or use another model file")
-        return plugin.open_runner(Path(path))
-    raise ConfigError(f"no installed {label} opens {suffix or 'suffix-less'} files: {path}", where=key,
-                      fix="known suffixes: " + (", ".join(sorted(set(known))) or "none (install a plugin)"))
+    plugin = get_registry().for_suffix(kind, path, key=key, verb="opens")
+    reason = plugin.unavailable() if hasattr(plugin, "unavailable") else None
+    if reason:
+        raise ClipcoreError(f"{plugin.name} cannot run here: {reason}", where=key,
+                            fix="run on a machine that has it, or use another model file")
+    return plugin.open_runner(Path(path))
 
 
 # --------------------------------------------------------------------------- images on disk

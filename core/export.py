@@ -33,17 +33,6 @@ def output_path(cfg, action_dir: Path) -> Path:
     return action_dir / f"{stem}.onnx"
 
 
-def exporter_for(path: Path):
-    """The registered exporter whose suffixes include ``path``'s."""
-    exporters = get_registry().entries["exporters"]
-    for entry in exporters.values():
-        if path.suffix in entry.obj.suffixes:
-            return entry.obj
-    known = sorted({s for e in exporters.values() for s in e.obj.suffixes})
-    raise ConfigError(f"no exporter writes {path.suffix or 'files without a suffix'} files", where="export.onnx_file",
-                      fix="use one of: " + (", ".join(known) if known else "none installed (install clipcore's plugins)"))
-
-
 def check_input_size(model, cfg) -> None:
     """``export.input_height/width`` must be the backbone's input size."""
     pre, ec = model.preprocess, cfg.export
@@ -67,7 +56,7 @@ def run(cfg, args: argparse.Namespace) -> None:
     export_cfg = attrs.evolve(cfg.export, **overrides)
     export_cfg = attrs.evolve(export_cfg, onnx_file=str(output_path(attrs.evolve(cfg, export=export_cfg), folder)))
     cfg = attrs.evolve(cfg, export=export_cfg)
-    exporter = exporter_for(Path(export_cfg.onnx_file))
+    exporter = get_registry().for_suffix("exporters", export_cfg.onnx_file, key="export.onnx_file")
     model = build_model(cfg, cfg.export.checkpoint, key="export.checkpoint")
     check_input_size(model, cfg)
     for path in exporter.export(model, cfg):

@@ -19,18 +19,6 @@ from core.registry import get_registry
 DEFAULT_SUFFIX = ".engine"
 
 
-def builder_for(path: Path):
-    """The registered engine builder whose suffixes include ``path``'s."""
-    builders = get_registry().entries["engine_builders"]
-    for entry in builders.values():
-        if path.suffix in entry.obj.suffixes:
-            return entry.obj
-    known = sorted({s for e in builders.values() for s in e.obj.suffixes})
-    raise ConfigError(f"no engine builder writes {path.suffix or 'files without a suffix'} files",
-                      where="gen_trt_engine.trt_engine",
-                      fix="use one of: " + (", ".join(known) if known else "none installed (pip install clipcore[trt])"))
-
-
 def engine_path(cfg, action_dir: Path) -> Path:
     """``gen_trt_engine.trt_engine``, else ``<action_dir>/<export base stem>.engine``."""
     g = cfg.gen_trt_engine
@@ -49,5 +37,6 @@ def run(cfg, args: argparse.Namespace) -> None:
 
     path = engine_path(cfg, action_dir(cfg, "gen_trt_engine"))
     cfg = attrs.evolve(cfg, gen_trt_engine=attrs.evolve(cfg.gen_trt_engine, trt_engine=str(path)))
-    for engine in builder_for(path).build(cfg):
+    builder = get_registry().for_suffix("engine_builders", path, key="gen_trt_engine.trt_engine")
+    for engine in builder.build(cfg):
         print(f"wrote {engine}")

@@ -134,6 +134,18 @@ class Registry:
         raise PluginError(f"unknown model type {model_type!r}", where="model.type",
                           fix=_choices_hint(model_type, self.model_types()) + self._failure_hint())
 
+    def for_suffix(self, kind: str, path: str | os.PathLike, *, key: str, verb: str = "writes") -> Any:
+        """The exporter or engine builder (``kind``) whose ``suffixes`` include ``path``'s suffix;
+        ``verb`` says what the user wants done with the file, for the error message."""
+        suffix = os.path.splitext(os.fspath(path))[1]
+        table = self.entries[kind]
+        for entry in table.values():
+            if suffix in entry.obj.suffixes and (verb == "writes" or entry.obj.open_runner is not None):
+                return entry.obj
+        known = sorted({s for e in table.values() for s in e.obj.suffixes})
+        raise PluginError(f"no installed {KINDS[kind].label} {verb} {suffix or 'suffix-less'} files: {os.fspath(path)}",
+                          where=key, fix="known suffixes: " + (", ".join(known) or "none (install its plugin)"))
+
     def model_types(self) -> list[str]:
         return [t for e in self.entries["backbones"].values() for t in e.obj.types]
 

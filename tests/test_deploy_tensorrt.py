@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from core.config import ExperimentConfig
-from core.errors import ClipcoreError, ConfigError
+from core.errors import ClipcoreError, ConfigError, PluginError
 from core.registry import get_registry
 from deploy.tensorrt import unavailable
 from deploy.tensorrt.builder import build_engines, engine_files
@@ -123,8 +123,8 @@ def test_gen_trt_engine_action_defaults_the_engine_path(separate_export, tmp_pat
     cfg.results_dir = str(tmp_path)
     cfg.gen_trt_engine.onnx_file = str(folder / "m.onnx")
     assert action.engine_path(cfg, tmp_path / "gen_trt_engine") == tmp_path / "gen_trt_engine" / "m.engine"
-    with pytest.raises(ConfigError, match="no engine builder writes .onnx files"):
-        action.builder_for(folder / "m.onnx")
+    with pytest.raises(PluginError, match="gen_trt_engine.trt_engine: no installed engine builder writes .onnx files"):
+        get_registry().for_suffix("engine_builders", folder / "m.onnx", key="gen_trt_engine.trt_engine")
     cfg.gen_trt_engine.onnx_file = None
     with pytest.raises(ConfigError, match="gen_trt_engine.onnx_file"):
         action.run(cfg, argparse.Namespace())

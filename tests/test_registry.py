@@ -172,3 +172,12 @@ def test_plugin_discovery_does_not_import_model_libraries():
             "print(sorted(m for m in ('open_clip', 'timm', 'transformers', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_artifact_plugins_are_found_by_suffix_with_one_message_otherwise():
+    registry = load_registry()
+    assert registry.for_suffix("exporters", "out/model.onnx", key="export.onnx_file").name == "onnx"
+    with pytest.raises(PluginError) as err:
+        registry.for_suffix("exporters", "out/model.pt", key="export.onnx_file")
+    assert str(err.value).startswith("export.onnx_file: no installed exporter writes .pt files: out/model.pt")
+    assert "known suffixes: .onnx" in str(err.value)
