@@ -16,6 +16,7 @@ import math
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -180,8 +181,10 @@ class Trainer:
         trainable = sum(p.numel() for p in self.clip.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.clip.parameters())
         global_batch = self.cfg.dataset.train.batch_size * self.world.size * self.accum_steps
+        processes = (f"{self.world.size} processes ({self.cfg.train.distributed_strategy})" if self.world.distributed
+                     else f"1 process on {self.world.device}")
         return (f"model {self.clip.model_type}: {trainable:,} of {total:,} parameters trainable; "
-                f"{self.world.size} process(es), {self.cfg.train.distributed_strategy}, {self.cfg.train.precision}; "
+                f"{processes}, {self.cfg.train.precision}; "
                 f"global batch {global_batch}; {self.steps_per_epoch} steps/epoch × {self.cfg.train.num_epochs} "
                 f"epochs = {self.total_steps} steps")
 
@@ -230,14 +233,18 @@ class Trainer:
 
     def train_step(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
         """One optimizer step over ``accum_steps`` batches; returns this rank's loss, the gradient
-        norm and the learning rates the step used."""
-        self.optimizer.zero_grad(set_to_none=True)
+        norm (when measured) and the learning rates the step used. Out of memory anywhere in the
+        step becomes one message with the levers that reduce memory."""
         try:
-            loss = self.forward_backward(batches)
+            return self._optimizer_step(batches)
         except (RuntimeError, MemoryError) as exc:
             if is_out_of_memory(exc):
                 raise out_of_memory_error(self.cfg, self.world, self.step) from None
             raise
+
+    def _optimizer_step(self, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_backward(batches)
         sync_replicated_grads(self.model, self.cfg.train.distributed_strategy, self.world)
         if not all_true(bool(torch.isfinite(loss)), self.world):
             raise non_finite_loss_error(self.cfg, self.step, self.checkpoints.latest())
@@ -246,7 +253,9 @@ class Trainer:
         lrs = {group["name"].removesuffix("_no_decay"): group["lr"] for group in self.optimizer.param_groups}
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # fp16: a step the scaler skipped (inf gradients) still counts
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         clamp_logit_scale(self.clip)
         return {"loss": loss, "grad_norm": grad_norm, "lr": lrs}
 

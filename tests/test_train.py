@@ -161,6 +161,22 @@ def test_out_of_memory_names_the_levers(tmp_path, monkeypatch, error):
         assert lever in message
 
 
+def test_out_of_memory_in_the_optimizer_step_too(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path))
+    monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(ClipcoreError, match="out of host memory at step 1"):
+        trainer.train()
+
+
+def test_gradient_checkpointing_trains_identically(tmp_path):
+    plain = _run(tiny_config(tmp_path / "plain", num_epochs=1))
+    checkpointed = _run(tiny_config(tmp_path / "ckpt", num_epochs=1, grad_checkpointing=True))
+    assert checkpointed.clip.grad_checkpointing
+    for name, value in plain.clip.state_dict().items():
+        torch.testing.assert_close(checkpointed.clip.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
 def test_other_runtime_errors_are_not_disguised(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path))
     monkeypatch.setattr(trainer.clip, "image_features", lambda *a: (_ for _ in ()).throw(RuntimeError("shape")))

@@ -116,3 +116,18 @@ def test_fsdp_checkpoint_loads_into_one_process_for_evaluation_and_resume(runs, 
     assert trainer.step == 2 + 4
     log = (tmp_path / "train" / "logs" / "rank0.log").read_text()
     assert "written by 2 processes, this run has 1" in log
+
+
+@pytest.mark.slow
+def test_core_train_launches_torchrun_itself(tmp_path):
+    from tests.train_support import write_tiny_spec
+
+    plugins = install_test_plugins(tmp_path / "plugins")
+    spec = write_tiny_spec(tmp_path / "tiny.toml", tmp_path / "results")
+    cmd = [sys.executable, "-m", "core.cli", "train", "-c", str(spec), "-g", "2", "train.num_epochs=1"]
+    done = subprocess.run(cmd, env=subprocess_env(plugins), capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    out = tmp_path / "results" / "train"
+    ckpt = load_checkpoint(out / "latest.pth")
+    assert ckpt["train_state"]["world_size"] == 2 and ckpt["train_state"]["step"] == 2
+    assert (out / "logs" / "rank1.log").is_file()
