@@ -202,6 +202,9 @@ class Trainer:
                 self.train_epoch()
             if self._saved_step != self.step:
                 self.save(self.checkpoints.periodic_name(epoch=self.epoch, step=self.step))
+        except BaseException as exc:
+            self.log.failed(exc)
+            raise
         finally:
             self.log.close()
         if self.world.is_main:
@@ -309,6 +312,7 @@ class Trainer:
             self.save_best(val_metrics)
 
     def log_train_metrics(self, metrics: dict[str, Any]) -> None:
+        self.log.rank_loss(step=self.step, loss=metrics["loss"].item())
         loss = mean_over_ranks(metrics["loss"], self.world).item()
         record = {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"]),
                   "train/logit_scale": self.clip.logit_scale.detach().exp().item(),

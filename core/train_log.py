@@ -18,23 +18,33 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 
 
-def rank_logger(log_dir: Path, rank: int, console: Console | None) -> logging.Logger:
-    """``clipcore.train.rank<r>`` writing to ``log_dir/rank<r>.log`` (and, on rank 0, the console)."""
+def rank_logger(log_dir: Path, rank: int) -> logging.Logger:
+    """``clipcore.train.rank<r>``, writing to ``log_dir/rank<r>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"clipcore.train.rank{rank}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    _close_handlers(logger)
     file_handler = logging.FileHandler(log_dir / f"rank{rank}.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(file_handler)
-    if console is not None:
-        from rich.logging import RichHandler
-
-        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
     return logger
+
+
+def console_logger(file_logger: logging.Logger, console: Console) -> logging.Logger:
+    """A child of ``file_logger`` that also prints on ``console`` (its records reach the file too)."""
+    from rich.logging import RichHandler
+
+    logger = file_logger.getChild("console")
+    _close_handlers(logger)
+    logger.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+    return logger
+
+
+def _close_handlers(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 class TrainLog:
@@ -43,7 +53,8 @@ class TrainLog:
     def __init__(self, out_dir: Path, *, rank: int, main: bool):
         self.out_dir, self.main = out_dir, main
         self.console = Console(stderr=True) if main else None
-        self.logger = rank_logger(out_dir / "logs", rank, self.console)
+        self.file_logger = rank_logger(out_dir / "logs", rank)
+        self.logger = console_logger(self.file_logger, self.console) if main else self.file_logger
         self._metrics = open(out_dir / METRICS_FILE, "a", encoding="utf-8") if main else None
         self._tb = None
         if main:
@@ -87,6 +98,14 @@ class TrainLog:
         self._last_time, self._last_samples = now, samples_seen
         return rate
 
+    def failed(self, exc: BaseException) -> None:
+        """Record why the run stopped in this rank's log file (the console gets it from the CLI)."""
+        self.file_logger.error("training stopped: %s: %s", type(exc).__name__, exc)
+
+    def rank_loss(self, *, step: int, loss: float) -> None:
+        """This rank's own loss, in its log file."""
+        self.file_logger.info(f"step {step}: loss on this rank {loss:.6g}")
+
     def train_metrics(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
         """Record logged training scalars (rank 0) and show them on the bar."""
         if not self.main:
@@ -97,8 +116,9 @@ class TrainLog:
             self._progress.update(self._task, rate=f"{metrics['train/samples_per_s']:.1f}",
                                   loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}",
                                   scale=f"{metrics['train/logit_scale']:.2f}")
-        if self._progress is None or not self.console.is_terminal:
-            self.info(f"epoch {epoch} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        line = f"epoch {epoch} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        # on a terminal the bar shows them; the log file always gets them
+        (self.file_logger if self.console.is_terminal else self.logger).info(line)
 
     def write(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
         """Append one line to metrics.jsonl and the scalars to TensorBoard (rank 0)."""
@@ -121,9 +141,8 @@ class TrainLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        for handler in list(self.logger.handlers):
-            self.logger.removeHandler(handler)
-            handler.close()
+        _close_handlers(self.logger)
+        _close_handlers(self.file_logger)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

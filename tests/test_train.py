@@ -140,6 +140,7 @@ def test_nan_loss_stops_with_causes_and_keeps_the_last_good_checkpoint(tmp_path)
     assert str(latest) in message and latest.samefile(tmp_path / "train" / "step_3.pth")
     ckpt = load_checkpoint(latest)
     assert ckpt["train_state"]["step"] == 3
+    assert "training stopped: NonFiniteLoss" in (tmp_path / "train" / "logs" / "rank0.log").read_text()
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
