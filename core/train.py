@@ -173,7 +173,7 @@ class Trainer:
         if not self.cfg.dataset.val.datasets:
             self.log.info("no dataset.val.datasets: validation is off")
             return None
-        from core.validate import Validator
+        from core.validation import Validator
 
         return Validator(self.cfg, self.clip, self.world, self.out_dir, self.bad_samples)
 
