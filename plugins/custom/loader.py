@@ -67,8 +67,10 @@ class PairDataset(Dataset):
             exc.detail = f"{entry.captions.display(caption)}: {exc.detail}"
             raise
 
-    def image(self, index: int) -> torch.Tensor:
-        """Sample ``index``'s transformed image; raises :class:`BadSample`."""
+    def image(self, index: int, seed: int | None = None) -> torch.Tensor:
+        """Sample ``index``'s transformed image; raises :class:`BadSample`. With ``seed``, random
+        augmentation draws from a generator seeded with it, so the result does not depend on which
+        worker process runs it or what it ran before (exact resume with any worker count)."""
         entry, image, _ = self.locate(index)
         try:
             data = entry.images.read(image)
@@ -77,7 +79,11 @@ class PairDataset(Dataset):
         except OSError as exc:
             raise BadSample("corrupt-image", f"cannot read: {exc}") from None
         opened = open_image(data, self.max_pixels)
-        return decoded(lambda: self.transform(opened))
+        if seed is None:
+            return decoded(lambda: self.transform(opened))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return decoded(lambda: self.transform(opened))
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, epoch = item
@@ -86,7 +92,8 @@ class PairDataset(Dataset):
         for _ in range(MAX_CONSECUTIVE_BAD):
             try:
                 caption = rng.choice(self.captions(index))
-                return {"image": self.image(index), "caption": caption, "key": self.key(index), "bad": bad}
+                image = self.image(index, seed=rng.getrandbits(63))
+                return {"image": image, "caption": caption, "key": self.key(index), "bad": bad}
             except BadSample as exc:
                 bad.append(exc.record(self.key(index)))
                 index = rng.randrange(len(self))
