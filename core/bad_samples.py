@@ -59,17 +59,17 @@ class BadSampleLog:
     """Applies ``dataset.on_bad_sample`` to every bad sample of one process.
 
     ``record()`` raises :class:`DataError` under ``error``; under ``skip`` it counts the sample
-    and appends it to ``bad_samples.jsonl`` in ``results_dir`` (or, without a results_dir, logs
+    and appends it to ``file_name`` (``bad_samples.jsonl``) in ``results_dir`` (or, without a results_dir, logs
     it as a warning so nothing is lost silently). ``report()`` logs the counts since the last
     report (called by loaders at the end of each epoch).
     """
 
     def __init__(self, policy: Literal["skip", "error"] = "skip", results_dir: str | Path | None = None,
-                 rank: int = 0):
+                 rank: int = 0, file_name: str = FILE_NAME):
         if policy not in ("skip", "error"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'error', not {policy!r}")
         self.policy, self.rank, self.epoch = policy, rank, None
-        self.path = Path(results_dir) / FILE_NAME if results_dir is not None else None
+        self.path = Path(results_dir) / file_name if results_dir is not None else None
         self.totals: collections.Counter[str] = collections.Counter()
         self._unreported: collections.Counter[str] = collections.Counter()
 

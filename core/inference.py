@@ -19,7 +19,7 @@ Both files also record where the embeddings came from (``model_type``, ``checkpo
 ``core search`` encodes queries with the same model. Rows are written in chunks as they are
 computed (a million images never sit in memory) into a temporary file renamed into place at the
 end. An unreadable image is skipped (its path and reason logged and listed in
-``bad_samples.jsonl``; ``dataset.on_bad_sample = "error"`` stops instead): row ``i`` of
+``skipped.jsonl``; ``dataset.on_bad_sample = "error"`` stops instead): row ``i`` of
 ``embeddings`` is always the image in row ``i`` of ``image_paths``. With several processes
 (``-g N``, or under torchrun) each embeds a contiguous block of the images into a part file and
 rank 0 joins the parts in order.
@@ -42,6 +42,7 @@ from core.embed import Encoder, Shard, image_batches, list_images, open_encoder,
 from core.errors import DataError
 
 IMAGE_FILE, TEXT_FILE = "image_embeddings.h5", "text_embeddings.h5"
+SKIPPED_FILE = "skipped.jsonl"
 WRITE_CHUNK = 4096  # rows per HDF5 chunk and per copy when joining rank parts
 
 
@@ -80,7 +81,7 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
     written = []
     with progress_bar(world.is_main) as progress:
         if paths:
-            bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank)
+            bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, file_name=SKIPPED_FILE)
             shard = Shard.of(len(paths), world.rank, world.size)
             load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
             batches = _image_rows(encoder, load, paths, range(shard.start, shard.stop), inf, bad, progress)

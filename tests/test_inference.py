@@ -81,9 +81,9 @@ def test_inference_writes_tao_layout_with_aligned_rows(plugin_root, folders, tmp
         assert list(f["texts"].asstr()[:]) == ["a red square", "a blue one", "something green"]
         assert (f.attrs["num_texts"], f.attrs["embedding_dim"], f.attrs["embedding_type"]) == (3, 3, "text")
         np.testing.assert_allclose(f["embeddings"][:], np.stack([unit(c) for c in ("red", "blue", "green")]), atol=1e-6)
-    bad = [json.loads(line) for line in (out / "bad_samples.jsonl").read_text().splitlines()]
+    bad = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert [(Path(b["path"]).name, b["reason"]) for b in bad] == [("2_broken.jpg", "corrupt-image")]
-    assert sorted(p.name for p in out.iterdir()) == ["bad_samples.jsonl", "image_embeddings.h5", "text_embeddings.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["image_embeddings.h5", "skipped.jsonl", "text_embeddings.h5"]
 
 
 def test_only_texts_and_nothing_to_embed(plugin_root, folders, tmp_path, capsys):
