@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
             table = Table(title=label, title_justify="left")
             table.add_column("rank", justify="right")
             table.add_column("score", justify="right")
-            table.add_column("image")
+            table.add_column("image", overflow="fold")
             for rank, (score, index) in enumerate(zip(row_scores, row_index), start=1):
                 table.add_row(str(rank), f"{score:.4f}", names[int(index)])
             console.print(table)
