@@ -65,18 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=ACTION_EPILOG if cmd.action else None)
         if cmd.action:
-            _add_action_arguments(p)
+            _add_action_arguments(p, name)
         if hasattr(module, "add_arguments"):
             module.add_arguments(p)
         p.set_defaults(_command=cmd, _module=module)
     return parser
 
 
-def _add_action_arguments(p: argparse.ArgumentParser) -> None:
+GPU_ACTIONS = ("train", "evaluate", "inference")  # the actions with a `num_gpus` field
+
+
+def _add_action_arguments(p: argparse.ArgumentParser, action: str) -> None:
     p.add_argument("-c", "--config", "-e", "--experiment_spec_file", dest="config", metavar="SPEC",
                    help="spec file (clip.toml); `-e` is TAO's alias")
     p.add_argument("-r", "--results_dir", help="shortcut for results_dir=...")
-    p.add_argument("-g", "--num_gpus", type=int, help="shortcut for <action>.num_gpus=... (train.num_gpus for train)")
+    if action in GPU_ACTIONS:
+        p.add_argument("-g", "--num_gpus", type=int, help=f"shortcut for {action}.num_gpus=...")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides")
 
 
@@ -85,9 +89,8 @@ def action_overrides(args: argparse.Namespace, action: str) -> list[str]:
     out = []
     if args.results_dir:
         out.append(f"results_dir={args.results_dir}")
-    if args.num_gpus is not None:
-        section = action if action in ("train", "evaluate", "inference") else "train"
-        out.append(f"{section}.num_gpus={args.num_gpus}")
+    if getattr(args, "num_gpus", None) is not None:
+        out.append(f"{action}.num_gpus={args.num_gpus}")
     return out + list(args.overrides)
 
 

@@ -1,0 +1,37 @@
+"""The `core` command line: TAO's options, complete --help, one message for bad input."""
+
+import pytest
+
+from core.cli import COMMANDS, action_overrides, build_parser, main
+
+
+def test_every_command_is_available_and_documented(capsys):
+    parser = build_parser()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([name, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert f"usage: core {name}" in text and len(text.splitlines()) > 5, name
+
+
+def test_tao_options_become_overrides_and_explicit_overrides_win():
+    args = build_parser().parse_args(["train", "-e", "spec.toml", "-r", "/out", "-g", "2", "train.num_gpus=4"])
+    assert args.config == "spec.toml"
+    assert action_overrides(args, "train") == ["results_dir=/out", "train.num_gpus=2", "train.num_gpus=4"]
+    args = build_parser().parse_args(["evaluate", "--experiment_spec_file", "s.toml", "-g", "3"])
+    assert action_overrides(args, "evaluate") == ["evaluate.num_gpus=3"]
+
+
+def test_gpu_shortcut_only_where_the_action_has_num_gpus(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "-g", "2"])
+    assert "unrecognized arguments: -g" in capsys.readouterr().err
+
+
+def test_bad_spec_is_one_message_and_exit_2(tmp_path, capsys):
+    spec = tmp_path / "clip.toml"
+    spec.write_text("[train]\nnum_epochs = \"ten\"\n")
+    assert main(["validate", "-c", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.num_epochs" in err and "Traceback" not in err
