@@ -44,8 +44,7 @@ def describe(registry: Registry) -> dict:
             names = []
             for entry in table.values():
                 if entry.provider.plugin == provider.plugin:
-                    names.append(f"{entry.name} ({', '.join(entry.obj.types)})" if kind == "backbones"
-                                 else entry.name)
+                    names.append(_backbone_label(entry.obj) if kind == "backbones" else entry.name)
             if names:
                 registers[kind] = names
         plugins.append({"plugin": provider.plugin, "distribution": provider.distribution,
@@ -53,6 +52,11 @@ def describe(registry: Registry) -> dict:
     failures = [{"plugin": f.plugin, "distribution": f.distribution, "error": f.error}
                 for f in registry.failures]
     return {"plugins": plugins, "failures": failures}
+
+
+def _backbone_label(family) -> str:
+    open_ended = ", and other names it matches" if family.matches is not None else ""
+    return f"{family.name} ({', '.join(family.types)}{open_ended})"
 
 
 def _print_table(listing: dict) -> None:
