@@ -225,6 +225,17 @@ def test_naflex_image_size_must_be_a_patch_multiple(naflex_dir):
         loading.build(make_cfg(NAFLEX, pretrained=str(naflex_dir[0]), image_size=250))
 
 
+def test_fixed_resolution_says_model_image_size_is_ignored(fixed_dir, caplog):
+    with caplog.at_level("WARNING", logger="backbones.siglip2.loading"):
+        model = loading.build(make_cfg(pretrained=str(fixed_dir[0]), image_size=384))
+    assert model.preprocess.height == 32
+    assert "model.image_size = 384 is ignored" in caplog.text and "takes 32x32 images" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="backbones.siglip2.loading"):
+        loading.build(make_cfg(pretrained=str(fixed_dir[0])))  # the default is not the user's choice
+    assert "is ignored" not in caplog.text
+
+
 def test_wrong_image_size_is_one_clear_error(fixed_dir):
     model = loading.build(make_cfg(pretrained=str(fixed_dir[0])))
     with pytest.raises(ClipcoreError, match="takes 32x32 images, got 64x64"):

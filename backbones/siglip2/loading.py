@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from transformers import AutoConfig, AutoTokenizer, Siglip2Model, SiglipModel
 
@@ -149,6 +150,10 @@ def _preprocess(arch: Siglip2Type, hf_model: torch.nn.Module, source: str | None
                               fix=f"use a multiple of {patch}; 256 matches the published 256-patch budget")
     else:
         size = hf_model.config.vision_config.image_size
+        default = attrs.fields(type(cfg.model)).image_size.default
+        if cfg.model.image_size not in (size, default):
+            log.warning("model.image_size = %d is ignored: %s is a fixed-resolution model and takes %dx%d images",
+                        cfg.model.image_size, arch.name, size, size)
     return _spec(size, _interpolation(source or arch.hf_id))
 
 
