@@ -38,47 +38,50 @@ class World:
         return self.size > 1
 
 
-def expected_world_size(train_cfg: Any) -> int:
-    return train_cfg.num_gpus * train_cfg.num_nodes
+def expected_world_size(section_cfg: Any) -> int:
+    """``num_gpus`` × ``num_nodes`` (sections without ``num_nodes`` run on one node)."""
+    return section_cfg.num_gpus * getattr(section_cfg, "num_nodes", 1)
 
 
 def under_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
 
 
-def init_world(train_cfg: Any) -> World:
+def init_world(section_cfg: Any, section: str = "train") -> World:
     """Join the process group torchrun set up (NCCL on GPU, gloo on CPU), or run as one process.
 
-    A world size different from ``num_gpus × num_nodes`` is a :class:`ConfigError` naming both.
+    ``section_cfg`` is the action's config section (``train``, ``evaluate``, ``inference``): its
+    ``num_gpus`` (× ``num_nodes`` where it has one) must equal torchrun's world size, else a
+    :class:`ConfigError` names both; ``gpu_ids`` pick the devices.
     """
-    expected = expected_world_size(train_cfg)
+    nodes, expected = getattr(section_cfg, "num_nodes", 1), expected_world_size(section_cfg)
+    asked = (f"{section}.num_gpus × {section}.num_nodes = {section_cfg.num_gpus} × {nodes}"
+             if hasattr(section_cfg, "num_nodes") else f"{section}.num_gpus")
     if not under_torchrun():
         if expected > 1:
             raise ConfigError(
-                f"train.num_gpus × train.num_nodes = {train_cfg.num_gpus} × {train_cfg.num_nodes} = {expected} "
-                "processes, but this process was not started by torchrun",
-                where="train.num_gpus", fix="run `core train -c spec.toml` (it launches torchrun), or "
-                f"`torchrun --nproc_per_node {train_cfg.num_gpus} --nnodes {train_cfg.num_nodes} -m core.train ...`")
-        return World(0, 1, 0, _device(0, train_cfg))
+                f"{asked} = {expected} processes, but this process was not started by torchrun",
+                where=f"{section}.num_gpus", fix=f"run `core {section} -c spec.toml` (it launches torchrun), or "
+                f"`torchrun --nproc_per_node {section_cfg.num_gpus} --nnodes {nodes} -m core.{section} ...`")
+        return World(0, 1, 0, _device(0, section_cfg))
     rank, size, local_rank = (int(os.environ[name]) for name in TORCHRUN_ENV)
     if size != expected:
         raise ConfigError(
-            f"torchrun started WORLD_SIZE={size} processes, but the config asks for train.num_gpus × "
-            f"train.num_nodes = {train_cfg.num_gpus} × {train_cfg.num_nodes} = {expected}",
-            where="train.num_gpus / train.num_nodes",
-            fix=f"set train.num_gpus and train.num_nodes to match torchrun's --nproc_per_node and --nnodes "
-                f"(or start torchrun with {expected} processes in total)")
-    device = _device(local_rank, train_cfg)
+            f"torchrun started WORLD_SIZE={size} processes, but the config asks for {asked} = {expected}",
+            where=f"{section}.num_gpus" + (f" / {section}.num_nodes" if hasattr(section_cfg, "num_nodes") else ""),
+            fix=f"match torchrun's process count ({size}) in the config (-g {size}), "
+                f"or start torchrun with {expected} processes in total")
+    device = _device(local_rank, section_cfg)
     if size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     return World(rank, size, local_rank, device)
 
 
-def _device(local_rank: int, train_cfg: Any) -> torch.device:
+def _device(local_rank: int, section_cfg: Any) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    ids = list(train_cfg.gpu_ids)
+    ids = list(section_cfg.gpu_ids)
     index = ids[local_rank] if len(ids) > local_rank and not os.environ.get("CUDA_VISIBLE_DEVICES") else local_rank
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from rich.table import Table
 
 from core.bad_samples import BadSampleLog
 from core.data import DataRequest
-from core.distributed import World, close_world, under_torchrun
+from core.distributed import World, close_world, init_world, under_torchrun
 from core.embed import Encoder, embed_images, embed_texts, list_images, open_encoder, path_loader, progress_bar
 from core.errors import ClipcoreError, ConfigError, DataError
 from core.metrics import DIRECTIONS, KS, classification_metrics, retrieval_metrics
@@ -47,20 +46,13 @@ TABLE_METRICS = [f"R@{k}" for k in KS] + ["mAP", "MedR", "MeanR", "AUC"]
 def run(cfg, args) -> None:
     """Evaluate here, or launch torchrun for ``evaluate.num_gpus`` > 1 processes."""
     _refuse_inference_keys(cfg.evaluate)
-    if cfg.evaluate.num_gpus > 1 and not under_torchrun():
-        return launch_torchrun(cfg, args, "evaluate")
-    world = eval_world(cfg.evaluate, "evaluate")
-    try:
-        from core.spec import action_dir
+    run_embedding_action(cfg, args, "evaluate", _evaluate_and_report)
 
-        out_dir = action_dir(cfg, "evaluate")
-        encoder = open_encoder(cfg, "evaluate", world.device)
-        results = evaluate(cfg, encoder, world, out_dir)
-        if world.is_main:
-            path = write_results(results, out_dir / RESULTS_FILE)
-            print_results(results, path)
-    finally:
-        close_world()
+
+def _evaluate_and_report(cfg, encoder: Encoder, world: World, out_dir: Path) -> None:
+    results = evaluate(cfg, encoder, world, out_dir)
+    if world.is_main:
+        print_results(results, write_results(results, out_dir / RESULTS_FILE))
 
 
 def evaluate(cfg, encoder: Encoder, world: World, out_dir: Path) -> dict[str, Any] | None:
@@ -252,29 +244,18 @@ def _fmt(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- processes
-def eval_world(ev, section: str) -> World:
-    """This process's place: one process, or a torchrun worker (``<section>.num_gpus`` must
-    equal torchrun's world size); NCCL on GPUs, gloo on CPUs."""
-    if not under_torchrun():
-        return World(0, 1, 0, _device(ev, 0))
-    rank, size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if size != ev.num_gpus:
-        raise ConfigError(f"torchrun started {size} processes but {section}.num_gpus = {ev.num_gpus}",
-                          where=f"{section}.num_gpus", fix=f"set {section}.num_gpus={size} (or -g {size})")
-    device = _device(ev, local_rank)
-    if size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                             device_id=device if device.type == "cuda" else None)
-    return World(rank, size, local_rank, device)
+def run_embedding_action(cfg, args, action: str, body) -> None:
+    """Run ``body(cfg, encoder, world, out_dir)`` for ``action`` (evaluate, inference) in this
+    process, or relaunch under torchrun for ``<action>.num_gpus`` > 1 processes."""
+    from core.spec import action_dir
 
-
-def _device(ev, local_rank: int) -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    ids = list(ev.gpu_ids)
-    index = ids[local_rank] if local_rank < len(ids) and not os.environ.get("CUDA_VISIBLE_DEVICES") else local_rank
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    if getattr(cfg, action).num_gpus > 1 and not under_torchrun():
+        return launch_torchrun(cfg, args, action)
+    world = init_world(getattr(cfg, action), action)
+    try:
+        body(cfg, open_encoder(cfg, action, world.device), world, action_dir(cfg, action))
+    finally:
+        close_world()
 
 
 def launch_torchrun(cfg, args, action: str) -> None:

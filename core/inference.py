@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from core.bad_samples import BadSampleLog
-from core.distributed import World, close_world, under_torchrun
-from core.embed import Encoder, Shard, image_batches, list_images, open_encoder, path_loader, progress_bar, text_batches
+from core.distributed import World
+from core.embed import Encoder, Shard, image_batches, list_images, path_loader, progress_bar, text_batches
 from core.errors import DataError
 
 IMAGE_FILE, TEXT_FILE = "image_embeddings.h5", "text_embeddings.h5"
@@ -48,21 +48,16 @@ WRITE_CHUNK = 4096  # rows per HDF5 chunk and per copy when joining rank parts
 
 def run(cfg, args) -> None:
     """Embed here, or launch torchrun for ``inference.num_gpus`` > 1 processes."""
-    from core.evaluate import eval_world, launch_torchrun
-    from core.spec import action_dir
+    from core.evaluate import run_embedding_action
 
-    if cfg.inference.num_gpus > 1 and not under_torchrun():
-        return launch_torchrun(cfg, args, "inference")
-    world = eval_world(cfg.inference, "inference")
-    try:
-        out_dir = action_dir(cfg, "inference")
-        encoder = open_encoder(cfg, "inference", world.device)
-        written = infer(cfg, encoder, world, out_dir)
-        if world.is_main:
-            for path, count in written:
-                print(f"wrote {count} embeddings to {path}")
-    finally:
-        close_world()
+    run_embedding_action(cfg, args, "inference", _infer_and_report)
+
+
+def _infer_and_report(cfg, encoder: Encoder, world: World, out_dir: Path) -> None:
+    written = infer(cfg, encoder, world, out_dir)
+    if world.is_main:
+        for path, count in written:
+            print(f"wrote {count} embeddings to {path}")
 
 
 def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path, int]]:

@@ -34,7 +34,7 @@ from core.config import ExperimentConfig
 from core.data import BatchLoader, DataRequest
 from core.distributed import (World, all_ranks, all_true, close_world, expected_world_size, from_main,
                               init_world, mean_over_ranks, sync_replicated_grads, torchrun_command,
-                              under_torchrun, unwrap, wrap_model)
+                              under_torchrun, wrap_model)
 from core.errors import ClipcoreError, ConfigError
 from core.loss import clamp_logit_scale
 from core.optim import build_optimizer, build_scheduler

@@ -8,7 +8,7 @@ running only the tower a call needs, and shape checks with clear messages. Torch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image

@@ -35,3 +35,18 @@ def test_bad_spec_is_one_message_and_exit_2(tmp_path, capsys):
     assert main(["validate", "-c", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "train.num_epochs" in err and "Traceback" not in err
+
+
+def test_process_count_must_match_the_actions_num_gpus(monkeypatch):
+    from core.config import ExperimentConfig
+    from core.distributed import init_world
+    from core.errors import ConfigError
+
+    cfg = ExperimentConfig()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ConfigError) as err:
+        init_world(cfg.evaluate, "evaluate")
+    assert str(err.value).startswith("evaluate.num_gpus: torchrun started WORLD_SIZE=2 processes")
+    assert "evaluate.num_gpus = 1" in str(err.value) and "-g 2" in str(err.value)
