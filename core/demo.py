@@ -44,35 +44,6 @@ betas = [0.9, 0.98]
 warmup_steps = 100
 scheduler = "cosine"
 
-[dataset]
-seed = {seed}
-
-[dataset.train]
-type = "custom"
-batch_size = 64
-num_workers = 1
-
-[[dataset.train.datasets]]
-image_dir = "{data}/train/images"
-caption_dir = "{data}/train/captions"
-caption_mode = "lines"
-
-[dataset.val]
-type = "custom"
-batch_size = 250
-num_workers = 0
-
-[[dataset.val.datasets]]
-image_dir = "{data}/val/images"
-caption_dir = "{data}/val/captions"
-caption_mode = "lines"
-
-# The captions name colours, sizes and positions: no colour jitter, grayscale or cropping.
-[dataset.augmentation]
-scale = [1.0, 1.0]
-color_jitter = []
-grayscale = 0.0
-
 [evaluate]
 batch_size = 250
 num_workers = 0
@@ -92,11 +63,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace a previous demo in OUT")
 
 
+#: Loader settings the demo adds to the ``[dataset]`` section ``core demo-data`` writes.
+LOADERS = {"train": {"batch_size": 64, "num_workers": 1}, "val": {"batch_size": 250, "num_workers": 0}}
+
+
 def write_spec(out: Path, *, epochs: int, seed: int) -> Path:
-    """``OUT/demo.toml``: the demo spec, reading ``OUT/data`` and writing ``OUT/results``."""
+    """``OUT/demo.toml``: the demo spec, writing ``OUT/results``; its ``[dataset]`` section is
+    the one ``core demo-data`` wrote beside ``OUT/data`` (its paths, caption mode and the
+    augmentation that keeps what the captions describe), plus the demo's loader settings."""
+    import tomli
+    import tomli_w
+
+    dataset = tomli.loads((out / "data" / "dataset.toml").read_text(encoding="utf-8"))["dataset"]
+    dataset["seed"] = seed
+    for split, settings in LOADERS.items():
+        dataset[split].update(settings)
     spec = out / "demo.toml"
-    spec.write_text(SPEC.format(spec=spec, results=(out / "results").as_posix(), data=(out / "data").as_posix(),
-                                epochs=epochs, seed=seed), encoding="utf-8")
+    text = SPEC.format(spec=spec, results=(out / "results").as_posix(), epochs=epochs, seed=seed)
+    spec.write_text(text + "\n" + tomli_w.dumps({"dataset": dataset}), encoding="utf-8")
     return spec
 
 
