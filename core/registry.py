@@ -3,8 +3,10 @@
 All plugins, built-ins included, come from the ``clipcore.plugins`` entry-point group.
 ``CLIPCORE_PLUGINS`` (comma-separated entry-point names) loads only those;
 ``CLIPCORE_DISABLE_PLUGINS`` skips the ones it names. A plugin that fails to import or raises in
-a hook is recorded in ``Registry.failures`` and reported, without taking the others down; two
-plugins registering the same name is an error naming both.
+a hook, or registers a name another plugin already holds, is recorded in ``Registry.failures``
+and reported without taking the others down. Built-in plugins (those of the ``clipcore``
+distribution) register first, so a third-party plugin can never displace one: the plugin that
+registers a taken name is the one that fails, with both distributions named.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from core.exporter import EngineBuilder, Exporter
 from core.loss import LossSpec
 
 GROUP = "clipcore.plugins"
+BUILTIN_DISTRIBUTION = "clipcore"
 ENV_ALLOW = "CLIPCORE_PLUGINS"
 ENV_BLOCK = "CLIPCORE_DISABLE_PLUGINS"
 
@@ -86,6 +89,10 @@ class Provider:
     plugin: str
     distribution: str
     version: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
 
 
 @attrs.frozen
@@ -192,7 +199,7 @@ class Registry:
                 f"{spec.label} {name!r} is registered twice: by plugin {other.plugin!r} "
                 f"({other.distribution} {other.version}) and by plugin {provider.plugin!r} "
                 f"({provider.distribution} {provider.version})",
-                fix=f"uninstall one of them, or disable one with {ENV_BLOCK}={provider.plugin}")
+                fix=_clash_fix(provider))
         if kind == "backbones":
             self._check_types(obj, provider)
         table[name] = Entry(kind, name, obj, provider)
@@ -206,8 +213,24 @@ class Registry:
             if clash:
                 raise PluginError(
                     f"model type {sorted(clash)[0]!r} is registered twice: by plugin "
-                    f"{entry.provider.plugin!r} and by plugin {provider.plugin!r}",
-                    fix=f"uninstall one of them, or disable one with {ENV_BLOCK}={provider.plugin}")
+                    f"{entry.provider.plugin!r} ({entry.provider.distribution} {entry.provider.version}) and by "
+                    f"plugin {provider.plugin!r} ({provider.distribution} {provider.version})",
+                    fix=_clash_fix(provider))
+
+    def drop(self, provider: Provider, error: str) -> None:
+        """Record ``provider`` as failed and remove everything it registered."""
+        for table in self.entries.values():
+            for name in [n for n, e in table.items() if e.provider == provider]:
+                del table[name]
+        if provider in self.plugins:
+            self.plugins.remove(provider)
+        self.failures.append(Failure(provider.plugin, provider.distribution, error))
+
+
+def _clash_fix(newcomer: Provider) -> str:
+    """The fix for a name clash: the newcomer (never a built-in, which registers first) gives way."""
+    return (f"rename it in plugin {newcomer.plugin!r} ({newcomer.distribution}), or disable that plugin with "
+            f"{ENV_BLOCK}={newcomer.plugin}")
 
 
 def _choices_hint(name: str, choices: Iterable[str]) -> str:
@@ -253,9 +276,12 @@ def load_registry(plugins: Iterable[tuple[Provider, ModuleType | object]] | None
             seen.add(ep.name)
             try:
                 loaded.append((provider, ep.load()))
-            except Exception as exc:  # a broken third-party plugin must not take the others down
-                registry.failures.append(Failure(ep.name, provider.distribution, _describe(exc)))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit must not end every command
+                registry.failures.append(Failure(ep.name, provider.distribution, f"import failed: {_describe(exc)}"))
     loaded.extend(plugins or ())
+    loaded.sort(key=lambda pair: not pair[0].builtin)  # stable: built-ins first, each group in its order
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -265,29 +291,46 @@ def load_registry(plugins: Iterable[tuple[Provider, ModuleType | object]] | None
         except Exception as exc:  # pluggy's PluginValidationError and duplicate names
             registry.failures.append(Failure(provider.plugin, provider.distribution, _describe(exc)))
             continue
-        unknown = [name for name in dir(module) if name.startswith("register_")
-                   and callable(getattr(module, name)) and name not in {k.hook for k in KINDS.values()}]
-        if unknown:
+        problem = _hook_problem(pm, module, provider)
+        if problem:
             pm.unregister(name=provider.plugin)
-            registry.failures.append(Failure(
-                provider.plugin, provider.distribution,
-                f"unknown hook {unknown[0]!r}; valid hooks: " + ", ".join(k.hook for k in KINDS.values())))
+            registry.failures.append(Failure(provider.plugin, provider.distribution, problem))
             continue
         registry.plugins.append(provider)
 
-    providers = {p.plugin: p for p in registry.plugins}
-    for kind, spec in KINDS.items():
-        for impl in getattr(pm.hook, spec.hook).get_hookimpls():
-            provider = providers[impl.plugin_name]
-            register: Callable[[Any], None] = functools.partial(registry.add, kind, provider=provider)
-            try:
-                impl.function(register=register)
-            except PluginError:
-                raise
-            except Exception as exc:
-                registry.failures.append(Failure(provider.plugin, provider.distribution,
-                                                 f"{spec.hook} raised {_describe(exc)}"))
+    for provider, _ in loaded:
+        for kind, spec in KINDS.items():
+            for impl in getattr(pm.hook, spec.hook).get_hookimpls():
+                if impl.plugin_name != provider.plugin or provider not in registry.plugins:
+                    continue
+                register: Callable[[Any], None] = functools.partial(registry.add, kind, provider=provider)
+                try:
+                    impl.function(register=register)
+                except PluginError as exc:
+                    if provider.builtin:
+                        raise
+                    registry.drop(provider, str(exc))
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001
+                    registry.drop(provider, f"{spec.hook} raised {_describe(exc)}")
     return registry
+
+
+def _hook_problem(pm: pluggy.PluginManager, module: Any, provider: Provider) -> str | None:
+    """Why ``module``'s ``register_*`` functions would not all run: an unknown hook name, or a
+    hook function without ``@hookimpl`` (pluggy would silently ignore it)."""
+    hooks = [k.hook for k in KINDS.values()]
+    functions = [name for name in dir(module) if name.startswith("register_") and callable(getattr(module, name))]
+    unknown = [name for name in functions if name not in hooks]
+    if unknown:
+        return f"unknown hook {unknown[0]!r}; valid hooks: " + ", ".join(hooks)
+    implemented = {caller.name for caller in pm.get_hookcallers(pm.get_plugin(provider.plugin)) or ()}
+    undecorated = [name for name in functions if name not in implemented]
+    if undecorated:
+        return (f"{undecorated[0]} is not marked as a hook implementation, so it would never run: "
+                f"decorate it with @hookimpl (from core import hookimpl)")
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -63,22 +63,62 @@ def test_hook_with_wrong_arguments_is_reported():
     assert failure.plugin == "badargs" and "extra" in failure.error
 
 
-def test_two_plugins_registering_the_same_name_is_an_error_naming_both():
+def test_the_second_plugin_registering_a_taken_name_fails_naming_both():
     one = fake("one", TINY_BACKBONE.format(family="dup", types=("t-a",)))
     two = fake("two", TINY_BACKBONE.format(family="dup", types=("t-b",)), version="3.1")
-    with pytest.raises(PluginError) as err:
-        load_registry(plugins=[one, two], use_entry_points=False)
-    msg = str(err.value)
-    assert "backbone family 'dup' is registered twice" in msg
-    assert "'one' (fake-one 1.0)" in msg and "'two' (fake-two 3.1)" in msg
-    assert ENV_BLOCK in msg
+    registry = load_registry(plugins=[one, two], use_entry_points=False)
+    [failure] = registry.failures
+    assert failure.plugin == "two"
+    assert "backbone family 'dup' is registered twice" in failure.error
+    assert "'one' (fake-one 1.0)" in failure.error and "'two' (fake-two 3.1)" in failure.error
+    assert f"{ENV_BLOCK}=two" in failure.error
+    assert [p.plugin for p in registry.plugins] == ["one"] and registry.model_types() == ["t-a"]
 
 
-def test_two_families_claiming_one_model_type_is_an_error():
+def test_two_families_claiming_one_model_type_fails_the_second():
     one = fake("one", TINY_BACKBONE.format(family="a", types=("shared-type",)))
     two = fake("two", TINY_BACKBONE.format(family="b", types=("shared-type",)))
-    with pytest.raises(PluginError, match="model type 'shared-type' is registered twice: by plugin 'one' and by plugin 'two'"):
-        load_registry(plugins=[one, two], use_entry_points=False)
+    [failure] = load_registry(plugins=[one, two], use_entry_points=False).failures
+    assert failure.plugin == "two"
+    assert "model type 'shared-type' is registered twice: by plugin 'one'" in failure.error
+
+
+def test_a_third_party_plugin_taking_a_builtin_name_fails_and_the_builtin_keeps_working(tmp_path, monkeypatch):
+    # "aaa" sorts before every built-in entry point, so it is discovered first and must still lose.
+    make_distribution(tmp_path, "squatter", "0.9", {
+        "aaa": TINY_BACKBONE.format(family="openclip", types=("clipcore-demo-tiny",))})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_registry()
+    [failure] = [f for f in registry.failures if f.plugin == "aaa"]
+    assert failure.distribution == "squatter"
+    assert "backbone family 'openclip' is registered twice" in failure.error
+    assert "(clipcore " in failure.error and "(squatter 0.9)" in failure.error
+    assert f"{ENV_BLOCK}=aaa" in failure.error and f"{ENV_BLOCK}=openclip" not in failure.error
+    assert registry.entries["backbones"]["openclip"].provider.distribution == "clipcore"
+    assert registry.backbone_for("clipcore-demo-tiny").name == "openclip"
+
+
+@pytest.mark.parametrize("raise_it", ["raise SystemExit(3)", "raise GeneratorExit('odd')"])
+def test_a_plugin_raising_a_base_exception_at_import_is_reported_like_any_failure(tmp_path, monkeypatch, raise_it,
+                                                                                   capsys):
+    make_distribution(tmp_path, "exiting-plugin", "1.0", {"exiter": raise_it + "\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "failed to load" in out and "exiter" in out and "import failed" in out
+
+
+def test_a_hook_function_without_hookimpl_is_reported():
+    bad = fake("undecorated", """
+        def register_losses(register):
+            pass
+    """)
+    registry = load_registry(plugins=[bad], use_entry_points=False)
+    [failure] = registry.failures
+    assert failure.plugin == "undecorated"
+    assert "register_losses is not marked as a hook implementation" in failure.error
+    assert "@hookimpl" in failure.error
 
 
 def test_registering_the_wrong_object_names_the_expected_class():
@@ -88,8 +128,9 @@ def test_registering_the_wrong_object_names_the_expected_class():
         def register_losses(register):
             register({"name": "x"})
     """)
-    with pytest.raises(PluginError, match=r"plugin 'wrongtype': register_losses received dict, expected core.loss.LossSpec"):
-        load_registry(plugins=[bad], use_entry_points=False)
+    [failure] = load_registry(plugins=[bad], use_entry_points=False).failures
+    assert failure.plugin == "wrongtype"
+    assert "plugin 'wrongtype': register_losses received dict, expected core.loss.LossSpec" in failure.error
 
 
 def test_empty_entry_point_group_fails_with_the_install_command(monkeypatch):
@@ -130,16 +171,15 @@ def test_open_ended_family_matches():
     assert registry.backbone_for("any:whatever").name == "any"
 
 
-def test_cli_reports_a_plugin_collision_as_one_message(tmp_path, monkeypatch, capsys):
+def test_cli_reports_a_plugin_collision_and_keeps_working(tmp_path, monkeypatch, capsys):
     make_distribution(tmp_path, "clash-plugin", "0.1", {
         "clash": TINY_BACKBONE.format(family="example", types=("clash-type",))})
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("core.registry.get_registry", load_registry)  # not the cached one
     monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
-    assert main(["plugins"]) == 2
-    err = capsys.readouterr().err
-    assert "error: backbone family 'example' is registered twice" in err
-    assert "Traceback" not in err
+    assert main(["plugins"]) == 0
+    captured = capsys.readouterr()
+    assert "backbone family 'example' is registered twice" in captured.out
+    assert "Traceback" not in captured.out + captured.err
 
 
 def test_core_plugins_lists_the_example_plugin(capsys):
@@ -148,8 +188,27 @@ def test_core_plugins_lists_the_example_plugin(capsys):
 
     listing = json.loads(capsys.readouterr().out)
     [example] = [p for p in listing["plugins"] if p["plugin"] == "example_backbone"]
-    assert example["version"] == "0.3.0"
-    assert example["registers"] == {"backbones": ["example (example-tiny)"]}
+    assert example["version"] == "0.3.0" and example["distribution"] == "clipcore-example-backbone"
+    assert example["builtin"] is False
+    assert example["registers"] == {"backbones": [{"name": "example", "types": ["example-tiny"], "open_ended": False}]}
+    [openclip] = [p for p in listing["plugins"] if p["plugin"] == "openclip"]
+    [family] = openclip["registers"]["backbones"]
+    assert family["name"] == "openclip" and family["open_ended"] is True
+    assert "clipcore-demo-tiny" in family["types"]
+    [loss] = [p for p in listing["plugins"] if p["plugin"] == "siglip_loss"][0]["registers"]["losses"]
+    assert loss == {"name": "siglip", "types": [], "open_ended": False}
+
+
+def test_core_plugins_json_lists_failures(tmp_path, monkeypatch, capsys):
+    make_distribution(tmp_path, "broken-plugin", "2.0", {"broken": "raise RuntimeError('boom')\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
+    assert main(["plugins", "--json"]) == 0
+    import json
+
+    [failure] = json.loads(capsys.readouterr().out)["failures"]
+    assert failure == {"plugin": "broken", "distribution": "broken-plugin",
+                       "error": "import failed: RuntimeError: boom"}
 
 
 def test_lazy_imports_its_target_on_first_call_only(monkeypatch):

@@ -36,27 +36,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe(registry: Registry) -> dict:
-    """Plugins with what they register, and the plugins that failed to load."""
+    """Plugins with what they register, and the plugins that failed to load (the ``--json`` shape).
+
+    ``registers`` maps each hook kind to objects ``{"name", "types", "open_ended"}``: ``types`` are
+    a backbone family's model types (empty for other kinds), ``open_ended`` whether the family also
+    accepts names it matches at run time (``openclip:<Name>``)."""
     plugins = []
     for provider in registry.plugins:
         registers = {}
         for kind, table in registry.entries.items():
-            names = []
-            for entry in table.values():
-                if entry.provider.plugin == provider.plugin:
-                    names.append(_backbone_label(entry.obj) if kind == "backbones" else entry.name)
-            if names:
-                registers[kind] = names
+            items = [{"name": entry.name, "types": list(getattr(entry.obj, "types", ())),
+                      "open_ended": getattr(entry.obj, "matches", None) is not None}
+                     for entry in table.values() if entry.provider == provider]
+            if items:
+                registers[kind] = items
         plugins.append({"plugin": provider.plugin, "distribution": provider.distribution,
-                        "version": provider.version, "registers": registers})
+                        "version": provider.version, "builtin": provider.builtin, "registers": registers})
     failures = [{"plugin": f.plugin, "distribution": f.distribution, "error": f.error}
                 for f in registry.failures]
     return {"plugins": plugins, "failures": failures}
 
 
-def _backbone_label(family) -> str:
-    open_ended = ", and other names it matches" if family.matches is not None else ""
-    return f"{family.name} ({', '.join(family.types)}{open_ended})"
+def _label(item: dict) -> str:
+    """``name (type, ..., and other names it matches)`` for the table."""
+    if not item["types"]:
+        return item["name"]
+    open_ended = ", and other names it matches" if item["open_ended"] else ""
+    return f"{item['name']} ({', '.join(item['types'])}{open_ended})"
 
 
 def _print_table(listing: dict) -> None:
@@ -65,13 +71,13 @@ def _print_table(listing: dict) -> None:
     for column in ("plugin", "distribution", "version", "registers"):
         table.add_column(column, overflow="fold")
     for p in listing["plugins"]:
-        registers = "\n".join(f"[bold]{kind.replace('_', ' ')}[/]: {'; '.join(names)}"
-                               for kind, names in p["registers"].items())
+        registers = "\n".join(f"[bold]{kind.replace('_', ' ')}[/]: {'; '.join(map(_label, items))}"
+                               for kind, items in p["registers"].items())
         table.add_row(p["plugin"], p["distribution"], p["version"], registers)
     console.print(table)
     for f in listing["failures"]:
         console.print(f"[red]failed to load[/] {f['plugin']} ({f['distribution']}): {f['error']}",
-                      markup=True, highlight=False)
+                      markup=True, highlight=False, soft_wrap=True)
 
 
 def _check(registry: Registry, name: str, *, as_json: bool) -> int:
