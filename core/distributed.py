@@ -6,7 +6,10 @@ world size must equal ``train.num_gpus × train.num_nodes``.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -65,6 +68,7 @@ def init_world(section_cfg: Any, section: str = "train") -> World:
                 f"`torchrun --nproc_per_node {section_cfg.num_gpus} --nnodes {nodes} -m core.{section} ...`")
         return World(0, 1, 0, _device(0, section_cfg))
     rank, size, local_rank = (int(os.environ[name]) for name in TORCHRUN_ENV)
+    die_with_parent()  # a worker never outlives torchrun, even when torchrun is killed outright
     if size != expected:
         raise ConfigError(
             f"torchrun started WORLD_SIZE={size} processes, but the config asks for {asked} = {expected}",
@@ -200,3 +204,44 @@ def torchrun_command(train_cfg: Any, module_args: Sequence[str]) -> list[str]:
     else:
         cmd += ["--standalone"]
     return cmd + ["-m", "core.train", *module_args]
+
+
+# ---------------------------------------------------------------------- launching
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies, however the parent dies (SIGKILL
+    included), so no worker outlives its launcher. A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_torchrun(cmd: Sequence[str], env: dict[str, str] | None = None) -> int:
+    """Run a torchrun command line and return its exit status.
+
+    torchrun ends with this process: SIGINT / SIGTERM here are passed on as SIGTERM (torchrun then
+    stops its workers) and raise :class:`KeyboardInterrupt` once it has exited; if this process is
+    killed outright, torchrun gets SIGTERM from the kernel (:func:`die_with_parent`), and the
+    workers, which ask the same of torchrun, follow.
+    """
+    proc = subprocess.Popen(list(cmd), env=env, preexec_fn=die_with_parent)
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopped.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        raise KeyboardInterrupt
+    return status

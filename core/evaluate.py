@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +29,7 @@ from rich.table import Table
 
 from core.bad_samples import BadSampleLog
 from core.data import DataRequest
-from core.distributed import World, close_world, init_world, under_torchrun
+from core.distributed import World, close_world, init_world, run_torchrun, under_torchrun
 from core.embed import Encoder, embed_images, embed_texts, list_images, open_encoder, path_loader, progress_bar
 from core.errors import ClipcoreError, ConfigError, DataError
 from core.metrics import DIRECTIONS, KS, classification_metrics, retrieval_metrics
@@ -266,7 +265,7 @@ def launch_torchrun(cfg, args, action: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "core.cli", action, *(["-c", args.config] if args.config else []),
            *action_overrides(args, action)]
-    status = subprocess.call(cmd)
+    status = run_torchrun(cmd)
     if status != 0:
         raise ClipcoreError(f"{action} failed in a torchrun worker (exit status {status})",
                             where=" ".join(cmd[:6]) + " ...", fix="read the first error above")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 import warnings
@@ -32,7 +31,7 @@ from core.checkpoint import (FORMAT, VERSION, CheckpointManager, load_checkpoint
                              rng_state, set_rng_state)
 from core.config import ExperimentConfig
 from core.data import BatchLoader, DataRequest
-from core.distributed import (World, all_ranks, all_true, close_world, expected_world_size, from_main,
+from core.distributed import (World, all_ranks, all_true, close_world, expected_world_size, from_main, run_torchrun,
                               init_world, mean_over_ranks, sync_replicated_grads, torchrun_command,
                               under_torchrun, wrap_model)
 from core.errors import ClipcoreError, ConfigError
@@ -534,7 +533,7 @@ def run(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 
     module_args = (["--config", args.config] if args.config else []) + action_overrides(args, "train")
     cmd = torchrun_command(cfg.train, module_args)
-    status = subprocess.call(cmd, env=_launch_env(cfg))
+    status = run_torchrun(cmd, env=_launch_env(cfg))
     if status != 0:
         raise ClipcoreError(f"training failed in a torchrun worker (exit status {status})",
                             where=" ".join(cmd[:5]) + " ...",
