@@ -82,6 +82,9 @@ class Trainer:
 
         # 1. process group, device, output folder and logs
         self.world = init_world(train)
+        if train.precision == "fp16" and self.world.device.type == "cpu":
+            raise ConfigError("fp16 training needs a CUDA GPU, and this process runs on the CPU",
+                              where="train.precision", fix='set train.precision = "bf16" (or "fp32")')
         self.out_dir = train_dir(cfg)
         if self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)

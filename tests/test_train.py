@@ -66,12 +66,18 @@ def test_run_writes_checkpoints_metrics_tensorboard_curves_logs_and_config(tmp_p
         "losses", "siglip", key="k").init_logit_scale)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_trains_on_cpu(tmp_path, precision):
-    trainer = _run(tiny_config(tmp_path, num_epochs=1, precision=precision))
+def test_bf16_trains_on_cpu(tmp_path):
+    trainer = _run(tiny_config(tmp_path, num_epochs=1, precision="bf16"))
     assert trainer.step == 4
     assert all(torch.isfinite(p).all() for p in trainer.clip.parameters())
-    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    assert not trainer.scaler.is_enabled()
+
+
+def test_fp16_on_cpu_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        Trainer(tiny_config(tmp_path, num_epochs=1, precision="fp16"))
+    assert str(err.value).startswith("train.precision: fp16 training needs a CUDA GPU")
+    assert 'train.precision = "bf16"' in str(err.value)
 
 
 def test_accumulation_counts_optimizer_steps_over_micro_batches(tmp_path):
