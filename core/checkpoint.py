@@ -23,10 +23,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from core.errors import ClipcoreError
+from core.errors import ClipcoreError, file_system_error
 
 FORMAT = "clipcore"
 VERSION = 1
+TEMP_SUFFIX = ".tmp"  # the suffix of an atomic write's temp file: .<name>.<random>.tmp
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -45,8 +46,9 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
 def _write_atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -57,10 +59,27 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        err = file_system_error(exc, path)
+        if err is None:
+            raise
+        raise err from exc
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of atomic writes that a killed process left in ``directory``."""
+    stale = [p for p in Path(directory).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | os.PathLike, *, key: str = "checkpoint") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import attrs
 
-from core.errors import ClipcoreError
+from core.errors import ClipcoreError, file_system_error
 
 
 @attrs.frozen
@@ -106,7 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec.check(cfg, args.command)
             return args._module.run(cfg, args) or 0
         return args._module.run(args) or 0
-    except ClipcoreError as err:
+    except (ClipcoreError, OSError, RuntimeError) as exc:
+        err = exc if isinstance(exc, ClipcoreError) else file_system_error(exc)
+        if err is None:
+            raise
         from rich.console import Console
         from rich.text import Text
 

@@ -6,6 +6,9 @@ is a bug in clipcore or a plugin and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class ClipcoreError(Exception):
     """A user-facing error.
@@ -36,3 +39,39 @@ class PluginError(ClipcoreError):
 
 class DataError(ClipcoreError):
     """Input data (images, captions, shards, files) is missing or unreadable."""
+
+
+_FILE_SYSTEM_CAUSES = {
+    errno.ENOSPC: "no space left on {device}", errno.EDQUOT: "disk quota exceeded on {device}",
+    errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def file_system_error(exc: BaseException, path: str | os.PathLike | None = None) -> ClipcoreError | None:
+    """The user-facing error for ``exc`` when a file-system condition the user can fix caused it
+    (disk full, read-only, permissions, a file where a folder should be), looking through the
+    exception's chain (torch reports a full disk as ``unexpected pos``); None otherwise. ``path``
+    names the file when the OSError itself does not."""
+    seen: BaseException | None = exc
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno in _FILE_SYSTEM_CAUSES):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    where = os.fspath(seen.filename if seen.filename is not None else path) if (seen.filename or path) else None
+    cause = _FILE_SYSTEM_CAUSES[seen.errno].format(device=mount_point(where) if where else "the device")
+    if seen.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space there, or point results_dir (or the output path) at another disk"
+    else:
+        fix = "choose a folder you can write to (results_dir, or the action's results_dir / output path)"
+    return ClipcoreError(f"cannot write: {cause}", where=where, fix=fix)
+
+
+def mount_point(path: str | os.PathLike) -> str:
+    """The mount point of the file system holding ``path`` (or its nearest existing parent)."""
+    current = os.path.abspath(os.fspath(path))
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+    while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current

@@ -8,6 +8,7 @@ own rules (``BackboneFamily.check``). All problems are reported together in one 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -37,6 +38,7 @@ def check(cfg: ExperimentConfig, action: str | Sequence[str], registry: Registry
     checker = _Checker(cfg, get_registry() if registry is None else registry, check_paths, set(actions))
     for name in actions:
         getattr(checker, name)()
+        checker.writable(name)
     raise_problems(list(dict.fromkeys(checker.problems)))
 
 
@@ -72,6 +74,24 @@ class _Checker:
             what = {"file": "file", "dir": "folder", "any": "path"}[kind]
             found = "is not a " + what if p.exists() else "does not exist"
             self.problem(key, f"{what} {path} {found}", f"fix the path in {key}, or create it")
+
+    def writable(self, action: str) -> None:
+        """The folder ``action`` writes to can be created and written here."""
+        if not self.check_paths:
+            return
+        own = getattr(getattr(self.cfg, action), "results_dir", None)
+        key, path = (f"{action}.results_dir", Path(own)) if own else ("results_dir", Path(self.cfg.results_dir) / action)
+        if "://" in str(path):
+            return
+        existing = path.expanduser().absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            self.problem(key, f"{path} cannot be created: {existing} is a file, not a folder",
+                         f"set {key} to a folder path")
+        elif not os.access(existing, os.W_OK):
+            why = "is on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "is not writable"
+            self.problem(key, f"{path} cannot be written: {existing} {why}", f"set {key} to a folder you can write to")
 
     def exists_or_towers(self, key: str, path: str | None, made_by: str) -> None:
         """A combined file, or a base path whose per-tower files exist."""

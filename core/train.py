@@ -28,13 +28,13 @@ from core.backbone import ClipModel
 from core.bad_samples import BadSampleLog
 from core.build import build_model
 from core.checkpoint import (FORMAT, VERSION, CheckpointManager, load_checkpoint, preserved_rng,
-                             rng_state, set_rng_state)
+                             remove_stale_temp_files, rng_state, set_rng_state)
 from core.config import ExperimentConfig
 from core.data import BatchLoader, DataRequest
 from core.distributed import (World, all_ranks, all_true, close_world, expected_world_size, from_main, run_torchrun,
                               init_world, mean_over_ranks, sync_replicated_grads, torchrun_command,
                               under_torchrun, wrap_model)
-from core.errors import ClipcoreError, ConfigError
+from core.errors import ClipcoreError, ConfigError, file_system_error
 from core.loss import clamp_logit_scale
 from core.optim import build_optimizer, build_scheduler
 from core.registry import get_registry
@@ -140,6 +140,9 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out_dir, interval=train.checkpoint_interval,
                                              unit=train.checkpoint_interval_unit, keep_last=train.keep_last,
                                              best_metric=train.best_metric)
+        if self.world.is_main:
+            for stale in remove_stale_temp_files(self.out_dir):
+                self.log.info(f"removed {stale.name}, left by an interrupted checkpoint save")
         resume = self._resume_path()
         if resume is not None:
             self.load_state(resume)
@@ -566,7 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = spec.load_config(args.config, args.overrides)
         spec.check(cfg, "train")
         train(cfg)
-    except ClipcoreError as err:
+    except (ClipcoreError, OSError, RuntimeError) as exc:
+        err = exc if isinstance(exc, ClipcoreError) else file_system_error(exc)
+        if err is None:
+            raise
         import os
 
         prefix = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1" else ""
