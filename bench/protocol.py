@@ -4,7 +4,7 @@
   neighbour's burst of load hits both sides alike.
 - A figure is the median over rounds of the per-round ratio, printed with its min–max.
 - The machine must be idle: the 1-minute load average before the first round must be below the
-  core count, and other processes may use at most ``FOREIGN_CPU_LIMIT`` cores on average during
+  core count (the run waits up to ``LOAD_WAIT_S`` for it to fall, e.g. after another benchmark), and other processes may use at most ``FOREIGN_CPU_LIMIT`` cores on average during
   the rounds (measured from ``/proc/stat`` minus this process tree's own CPU time). Otherwise no
   figure is printed and the run exits non-zero, unless ``--force`` (the output then says so).
 """
@@ -22,6 +22,7 @@ from typing import Callable
 
 MIN_ROUNDS = 5
 FOREIGN_CPU_LIMIT = 0.25  # cores used by other processes, on average over the rounds
+LOAD_WAIT_S = 180
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"alternating rounds of every variant (at least {MIN_ROUNDS})")
     parser.add_argument("--force", action="store_true",
                         help="print figures even when the machine is not idle (they are marked as such)")
+
+
+def _settled_load() -> float:
+    """The 1-minute load average, once below the core count or after ``LOAD_WAIT_S``."""
+    deadline = time.monotonic() + LOAD_WAIT_S
+    while os.getloadavg()[0] >= os.cpu_count() and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def _busy_seconds() -> float:
@@ -64,7 +73,7 @@ class Rounds:
 
     def run(self, variants: dict[str, Callable[[], dict[str, float]]], progress: bool = True) -> None:
         """Run every variant once per round, in the same order each round, after checking the machine is idle."""
-        self.load_before = os.getloadavg()[0]
+        self.load_before = _settled_load()
         self._require_idle(f"1-minute load average {self.load_before:.2f} before the first round",
                            self.load_before >= os.cpu_count())
         busy, own, start = _busy_seconds(), _own_seconds(), time.monotonic()

@@ -52,6 +52,7 @@ def test_fewer_than_five_rounds_is_refused():
 
 def test_a_loaded_machine_prints_no_figure(monkeypatch):
     monkeypatch.setattr(protocol.os, "getloadavg", lambda: (float(protocol.os.cpu_count()) + 0.5, 1.0, 1.0))
+    monkeypatch.setattr(protocol, "LOAD_WAIT_S", 0)
     ran = []
     with pytest.raises(SystemExit, match=r"not idle: 1-minute load average .* --force"):
         rounds_from([]).run({"a": lambda: ran.append(1) or {"t": 1.0}}, progress=False)
@@ -69,6 +70,7 @@ def test_other_processes_busy_during_the_rounds_prints_no_figure(monkeypatch):
 
 def test_force_prints_figures_marked_as_loaded(monkeypatch, capsys):
     monkeypatch.setattr(protocol.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    monkeypatch.setattr(protocol, "LOAD_WAIT_S", 0)
     monkeypatch.setattr(protocol, "_busy_seconds", lambda: 0.0)
     monkeypatch.setattr(protocol, "_own_seconds", lambda: 0.0)
     rounds = rounds_from(["--force"])
