@@ -1,7 +1,7 @@
 """Training-image decode + augment throughput: clipcore's transform vs open_clip's, same files, one run.
 
     .venv/bin/python bench/bench_decode.py                    # 200 photos, 1024x768 -> 256x256
-    .venv/bin/python bench/bench_decode.py --images 60 --repeats 2   # a quick run
+    .venv/bin/python bench/bench_decode.py --images 60 --force      # a quick look (not a figure)
 
 Generates realistic 1024x768 JPEG photos (smooth gradients, blurred shapes, sensor noise,
 quality 90: about 200 KB each, like camera JPEGs scaled down), then turns each file into a
@@ -14,8 +14,8 @@ normalised 256x256 training tensor with
 
 both in this process with one thread, without colour jitter (it is the same code on both sides),
 at the crop scale TAO uses by default (0.4-1.0) and open_clip's default (0.9-1.0). Rounds
-alternate between the two; each side's fastest round counts (as timeit does: on a shared
-machine the slower rounds measure the neighbours).
+alternate between the two (``bench/protocol.py``): the figure is the median per-round
+clipcore/open_clip ratio with its min–max.
 
 Equivalence checks printed alongside: crop-box statistics of both samplers (area fraction and
 log aspect ratio: mean, std, two-sample Kolmogorov-Smirnov distance over 20,000 boxes each), the
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import protocol
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -91,17 +92,14 @@ def pipelines(size: int, scale: tuple[float, float]):
     return {"open_clip": run_theirs, "clipcore": run_ours}, ours
 
 
-def throughput(fns, paths, repeats: int) -> dict[str, float]:
-    rounds: dict[str, list[float]] = {name: [] for name in fns}
-    for name, fn in fns.items():  # warm-up
-        fn(paths[0])
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for path in paths:
-                fn(path)
-            rounds[name].append(len(paths) / (time.perf_counter() - start))
-    return {name: max(values) for name, values in rounds.items()}
+def throughput(fn, paths):
+    """A round: every path through ``fn``, as ``{"rate": images per second}``."""
+    def one_round() -> dict[str, float]:
+        start = time.perf_counter()
+        for path in paths:
+            fn(path)
+        return {"rate": len(paths) / (time.perf_counter() - start)}
+    return one_round
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -162,19 +160,24 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    protocol.add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
         paths = make_photos(Path(tmp), args.images, args.width, args.height)
         kb = np.mean([p.stat().st_size for p in paths]) / 1024
         print(f"{args.images} JPEG photos {args.width}x{args.height} (mean {kb:.0f} KB) -> {args.size}x{args.size} "
-              f"tensors, 1 thread, best of {args.repeats} alternating rounds")
+              f"tensors, 1 thread")
         for scale in ((0.4, 1.0), (0.9, 1.0)):
             fns, ours = pipelines(args.size, scale)
-            rates = throughput(fns, paths, args.repeats)
-            print(f"crop scale {scale}: clipcore {rates['clipcore']:.1f} img/s, open_clip {rates['open_clip']:.1f} "
-                  f"img/s, ratio {rates['clipcore'] / rates['open_clip']:.2f}x")
+            for fn in fns.values():  # warm-up
+                fn(paths[0])
+            rounds = protocol.Rounds.from_args(args)
+            rounds.run({name: throughput(fn, paths) for name, fn in fns.items()})
+            print(f"crop scale {scale}: clipcore {rounds.median('clipcore', 'rate'):.1f} img/s, open_clip "
+                  f"{rounds.median('open_clip', 'rate'):.1f} img/s (medians), clipcore/open_clip "
+                  f"{rounds.ratio('clipcore', 'open_clip', 'rate')}")
+            print(f"  {rounds.footer()}")
             crop_statistics(ours, scale, args.width, args.height)
             same_box_error(paths[:50], scale, args.size)
             output_statistics(fns, paths[:50])

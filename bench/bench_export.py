@@ -8,7 +8,9 @@ eager, same weights, same inputs, same thread count, in one run.
 Weights are random (``model.pretrained = false``): throughput does not depend on them. Images
 are fed preprocessed (``[N, 3, H, W]`` arrays) to both, so the figure is model compute only;
 texts go through each side's own tokenizer (PyTorch: the backbone's; ONNX Runtime: the exported
-``_tokenizer/`` with the sidecar rules). Prints images/s and texts/s and the ORT/PyTorch ratio.
+``_tokenizer/`` with the sidecar rules). The four measurements (PyTorch and ONNX Runtime, images
+and texts) alternate over ``--rounds`` rounds after a warm-up (``bench/protocol.py``); the figures
+are median items/s and the median per-round ORT/PyTorch ratio with its min–max.
 """
 
 from __future__ import annotations
@@ -19,34 +21,31 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import protocol
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def rate(fn, n: int, repeats: int) -> float:
-    """Items per second of ``fn()`` (which processes ``n`` items): best of ``repeats`` after a warm-up."""
-    fn()
-    best = min(_timed(fn) for _ in range(repeats))
-    return n / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def rate(fn, n: int):
+    """A round of ``fn()`` (which processes ``n`` items): ``{"rate": items per second}``."""
+    def one_round() -> dict[str, float]:
+        start = time.perf_counter()
+        fn()
+        return {"rate": n / (time.perf_counter() - start)}
+    return one_round
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--type", default="clipcore-demo-tiny", help="model.type (random weights)")
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--texts", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    protocol.add_arguments(parser)
     args = parser.parse_args()
+    rounds = protocol.Rounds.from_args(args)
 
     from core.build import build_model
     from core.config import ExperimentConfig
@@ -82,18 +81,24 @@ def main() -> None:
                     model.encode_text(model.tokenizer(texts[start:start + args.batch]), normalize=True)
 
         arrays = images.numpy()
-        results = {
-            "images/s": (rate(torch_images, args.images, args.repeats),
-                         rate(lambda: runner.encode_images(arrays), args.images, args.repeats)),
-            "texts/s": (rate(torch_texts, args.texts, args.repeats),
-                        rate(lambda: runner.encode_texts(texts), args.texts, args.repeats)),
+        variants = {
+            "images eager": rate(torch_images, args.images),
+            "images ort": rate(lambda: runner.encode_images(arrays), args.images),
+            "texts eager": rate(torch_texts, args.texts),
+            "texts ort": rate(lambda: runner.encode_texts(texts), args.texts),
         }
+        for warm_up in variants.values():
+            warm_up()
+        rounds.run(variants)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"{args.type}: {params:.1f} M parameters, {pre.height}x{pre.width}, L={model.tokenizer.spec.context_length}, "
           f"batch {args.batch}, {args.threads} threads, export {export_s:.1f} s (torch {torch.__version__}, "
           f"onnxruntime {__import__('onnxruntime').__version__})")
-    for name, (eager, ort) in results.items():
-        print(f"  {name:9s} PyTorch eager {eager:9.1f}   ONNX Runtime {ort:9.1f}   ratio {ort / eager:.2f}x")
+    for name in ("images", "texts"):
+        eager, ort = rounds.median(f"{name} eager", "rate"), rounds.median(f"{name} ort", "rate")
+        print(f"  {name + '/s':9s} PyTorch eager {eager:9.1f}   ONNX Runtime {ort:9.1f}   "
+              f"ORT/eager {rounds.ratio(f'{name} ort', f'{name} eager', 'rate')}")
+    print(rounds.footer())
 
 
 if __name__ == "__main__":

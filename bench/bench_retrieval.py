@@ -1,7 +1,7 @@
 """Retrieval metrics at scale: clipcore's chunked exact metrics vs the naive full-matrix computation.
 
-    .venv/bin/python bench/bench_retrieval.py                      # 20,000 images x 100,000 captions, D = 1152
-    .venv/bin/python bench/bench_retrieval.py --images 2000 --captions 10000   # a quick run
+    .venv/bin/python bench/bench_retrieval.py            # side by side at 2,000 x 10,000, D = 1152
+    .venv/bin/python bench/bench_retrieval.py --full     # and clipcore alone at 20,000 images x 100,000 captions
 
 Data: random unit image embeddings, 5 captions per image, each caption its image plus noise
 (renormalised), so the metrics are neither 0 nor 1. Each measurement runs in a fresh process;
@@ -11,8 +11,10 @@ torch is imported and the embeddings exist, i.e. what the metric computation its
 The naive computation (one ``N x M`` score matrix, a full argsort per direction, hit masks and
 cumulative sums, as TAO and most scripts do it) needs about 40 bytes per image-caption pair, far
 more than this machine has at full size, so it runs at ``--naive-scale`` of each dimension
-(same data generator, same seed); the side-by-side ratio is taken at that size, where both run
-and agree, and the naive figures at full size are extrapolated by the number of pairs.
+(same data generator, same seed). The side-by-side ratios are taken at that size, where both run
+and agree, over ``--rounds`` alternating rounds (``bench/protocol.py``): median per-round ratio
+with its min–max. ``--full`` then runs clipcore once at full size for its memory (which does not
+depend on load) and extrapolates the naive computation's memory by the number of pairs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import resource
 import subprocess
 import sys
 import time
+
+import protocol
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -121,13 +125,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--captions", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1152)
-    parser.add_argument("--naive-scale", type=float, default=0.2,
-                        help="fraction of each dimension the naive computation runs at (default 0.2)")
+    parser.add_argument("--naive-scale", type=float, default=0.1,
+                        help="fraction of each dimension the side-by-side rounds run at (default 0.1)")
+    parser.add_argument("--full", action="store_true", help="also measure clipcore's memory at full size (one run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=["ours", "naive"], help=argparse.SUPPRESS)
+    protocol.add_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    rounds = protocol.Rounds.from_args(args)
 
     import torch
 
@@ -135,26 +142,24 @@ def main() -> None:
     small = (max(1, int(args.images * args.naive_scale)), max(CAPTIONS_PER_IMAGE, int(args.captions * args.naive_scale)))
     print(f"CPU threads: {torch.get_num_threads()}, RAM: {gib(total_ram)}, D = {args.dim}")
 
-    naive = measure("naive", *small, args)
-    ours_small = measure("ours", *small, args)
-    drift = max(abs(naive["metrics"][k] - ours_small["metrics"][k]) for k in naive["metrics"])
-    print(f"\n{small[0]:,} images x {small[1]:,} captions (both run):")
-    print(f"  naive  {naive['seconds']:8.1f} s   +{gib(naive['extra_bytes'])}")
-    print(f"  ours   {ours_small['seconds']:8.1f} s   +{gib(ours_small['extra_bytes'])}")
-    print(f"  speed ratio (naive/ours) {naive['seconds'] / ours_small['seconds']:.2f}x, "
-          f"memory ratio {naive['extra_bytes'] / max(ours_small['extra_bytes'], 1):.1f}x, "
-          f"max metric difference {drift:.2e}")
-
-    ours = measure("ours", args.images, args.captions, args)
-    pairs = args.images * args.captions / (small[0] * small[1])
-    naive_bytes = naive["extra_bytes"] * pairs
-    print(f"\n{args.images:,} images x {args.captions:,} captions:")
-    print(f"  ours   {ours['seconds']:8.1f} s   +{gib(ours['extra_bytes'])} "
-          f"(peak process RSS {gib(ours['peak_bytes'])})")
-    print(f"  naive  ~{naive['seconds'] * pairs:7.0f} s   +~{gib(naive_bytes)} (extrapolated x{pairs:.0f} pairs)"
-          f" -> {'does not fit' if naive_bytes > total_ram else 'fits'} in {gib(total_ram)} RAM")
-    print(f"  memory ratio (naive/ours) ~{naive_bytes / max(ours['extra_bytes'], 1):.0f}x; metrics: "
-          + ", ".join(f"{k} {ours['metrics'][k]:.3f}" for k in ("i2t_R@1", "t2i_R@1", "t2i_mAP", "t2i_AUC")))
+    rounds.run({which: lambda which=which: measure(which, *small, args) for which in ("naive", "ours")})
+    naive, ours = rounds.results["naive"][-1], rounds.results["ours"][-1]
+    drift = max(abs(naive["metrics"][k] - ours["metrics"][k]) for k in naive["metrics"])
+    print(f"\n{small[0]:,} images x {small[1]:,} captions (both run; medians):")
+    for which in ("naive", "ours"):
+        print(f"  {which:6} {rounds.median(which, 'seconds'):8.1f} s   +{gib(rounds.median(which, 'extra_bytes'))}")
+    print(f"  naive/ours: time {rounds.ratio('naive', 'ours', 'seconds')}, memory "
+          f"{rounds.ratio('naive', 'ours', 'extra_bytes')}; max metric difference {drift:.2e}")
+    print(f"  {rounds.footer()}")
+    if not args.full:
+        return
+    full = measure("ours", args.images, args.captions, args)
+    naive_bytes = rounds.median("naive", "extra_bytes") * args.images * args.captions / (small[0] * small[1])
+    print(f"\n{args.images:,} images x {args.captions:,} captions, clipcore alone (one run): "
+          f"+{gib(full['extra_bytes'])} (peak process RSS {gib(full['peak_bytes'])}); the naive computation would "
+          f"need ~{gib(naive_bytes)} ({'does not fit' if naive_bytes > total_ram else 'fits'} in {gib(total_ram)} RAM), "
+          f"~{naive_bytes / max(full['extra_bytes'], 1):.0f}x more; metrics: "
+          + ", ".join(f"{k} {full['metrics'][k]:.3f}" for k in ("i2t_R@1", "t2i_R@1", "t2i_mAP", "t2i_AUC")))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Every variant runs in a fresh process (so peak memory is its own): one process on the whole
 batch, then (``--world 2``, CPU only) two gloo processes each holding half of it. Peak memory is
 the rise of the peak (process RSS on CPU, allocated CUDA memory on GPU) during the first
-forward+backward over the level just before it; time is the fastest of the following iterations
-(the machine may be shared). Features are fp32, L2-normalised, requires_grad.
+forward+backward over the level just before it; time is the median of the following iterations.
+The variants alternate over ``--rounds`` rounds (``bench/protocol.py``), each round a fresh process
+per variant; the figures are the median per-round ratios to open_clip with their min–max.
+Features are fp32, L2-normalised, requires_grad.
 
     .venv/bin/python bench/bench_siglip_loss.py --batch 8192 --dim 768 --world 2
     python bench/bench_siglip_loss.py --device cuda --batch 32768 --dim 1152 --chunk 4096 --world 1
@@ -17,9 +19,11 @@ import math
 import os
 import resource
 import socket
+import statistics
 import time
 from datetime import timedelta
 
+import protocol
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
@@ -84,7 +88,7 @@ def measure(rank: int, variant: str, world: int, batch: int, dim: int, iters: in
     except torch.OutOfMemoryError:
         queue.put((variant, rank, math.nan, math.nan))
         return
-    queue.put((variant, rank, min(times), peak))
+    queue.put((variant, rank, statistics.median(times), peak))
     if world > 1:
         torch.distributed.destroy_process_group()
 
@@ -95,8 +99,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(variant: str, world: int, args) -> tuple[float, float]:
-    """(seconds per step, peak MiB) — the slowest rank's time, the largest rank's peak."""
+def run(variant: str, world: int, args) -> dict[str, float]:
+    """Seconds per step and peak MiB: the slowest rank's time, the largest rank's peak (NaN: out of memory)."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     local = args.batch // world
@@ -104,7 +108,7 @@ def run(variant: str, world: int, args) -> tuple[float, float]:
     mp.start_processes(measure, args=(variant, world, local, args.dim, args.iters, threads, args.device, free_port(), queue),
                        nprocs=world, start_method="spawn")
     results = [queue.get() for _ in range(world)]
-    return max(r[2] for r in results), max(r[3] for r in results)
+    return {"seconds": max(r[2] for r in results), "peak": max(r[3] for r in results)}
 
 
 def main() -> None:
@@ -117,28 +121,36 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--chunk", type=int, default=1024, help="chunk size of the chunked clipcore variants "
                                                                    "(the unchunked ones use 0)")
+    protocol.add_arguments(parser)
     args = parser.parse_args()
+    rounds = protocol.Rounds.from_args(args)
     if args.device == "cuda" and args.world > 1:
         parser.error("--world > 1 runs gloo processes on CPU; use --world 1 with --device cuda")
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(f"siglip loss forward+backward, global batch {args.batch}, dim {args.dim}, fp32, {where}, "
           f"torch {torch.__version__}")
-    print(f"{'processes':>9}  {'variant':<28} {'s/step':>8} {'peak MiB':>9} {'time ×':>7} {'memory ×':>8}")
     worlds = [1] + ([args.world] if args.world > 1 else [])
+    variants = {}
     for world in worlds:
         impls = ["bidir"] + (["gather"] if world > 1 else [])
-        variants = ["open_clip"] + [f"clipcore {impl} chunk {chunk}" for impl in impls for chunk in (0, args.chunk)]
-        baseline = None
-        for variant in variants:
-            seconds, peak = run(variant, world, args)
-            baseline = baseline or (seconds, peak)
-            if math.isnan(seconds):
-                print(f"{world:>9}  {variant:<28} {'out of memory':>18}")
-                continue
-            ratios = ("-", "-") if math.isnan(baseline[0]) else (f"{seconds / baseline[0]:.2f}", f"{peak / baseline[1]:.2f}")
-            print(f"{world:>9}  {variant:<28} {seconds:>8.3f} {peak:>9.0f} {ratios[0]:>7} {ratios[1]:>8}")
-    print("×: relative to open_clip SigLipLoss (bidir) at the same process count; < 1 is better")
+        for name in ["open_clip"] + [f"clipcore {impl} chunk {chunk}" for impl in impls for chunk in (0, args.chunk)]:
+            variants[(world, name)] = lambda world=world, name=name: run(name, world, args)
+    rounds.run({f"{world} {name}": fn for (world, name), fn in variants.items()})
+    print(f"{'processes':>9}  {'variant':<28} {'s/step':>8} {'peak MiB':>9} {'time ×':>18} {'memory ×':>18}")
+    for world, name in variants:
+        key, baseline = f"{world} {name}", f"{world} open_clip"
+        seconds, peak = rounds.median(key, "seconds"), rounds.median(key, "peak")
+        if math.isnan(seconds):
+            print(f"{world:>9}  {name:<28} {'out of memory':>18}")
+            continue
+        comparable = not math.isnan(rounds.median(baseline, "seconds"))
+        time_x, memory_x = ((str(rounds.ratio(key, baseline, "seconds")), str(rounds.ratio(key, baseline, "peak")))
+                            if comparable else ("-", "-"))
+        print(f"{world:>9}  {name:<28} {seconds:>8.3f} {peak:>9.0f} {time_x:>18} {memory_x:>18}")
+    print("medians; ×: per-round ratio to open_clip SigLipLoss (bidir) at the same process count, median (min–max); "
+          "< 1 is better")
+    print(rounds.footer())
 
 
 if __name__ == "__main__":

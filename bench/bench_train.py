@@ -11,7 +11,9 @@ wd 0.1, betas 0.9/0.98, eps 1e-6, 10 warmup steps), the same augmentation (rando
 scale 0.9-1, no colour jitter), data loading in the training process (``workers 0``) and no
 validation, each in its own fresh process. Throughput is the samples of the last epoch divided
 by its wall time (data loading included, start-up and checkpoint writing excluded); peak memory
-is the process's maximum resident set size. open_clip_train needs ``pandas`` (``pip install pandas``).
+is the process's maximum resident set size. The two loops alternate over ``--rounds`` rounds
+(``bench/protocol.py``); the figures are the median per-round ratios with their min–max.
+open_clip_train needs ``pandas`` (``pip install -e ".[bench]"``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "clipcore-demo-tiny"
@@ -148,19 +152,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each loop")
     parser.add_argument("--workdir", default="/tmp/clipcore_bench_train")
     parser.add_argument("--child", choices=["core", "open_clip"], help=argparse.SUPPRESS)
+    protocol.add_arguments(parser)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    rounds = protocol.Rounds.from_args(args)
     write_data(Path(args.workdir) / "data", args.n)
-    results = {system: measure(system, args) for system in ("core", "open_clip")}
-    core, ref = results["core"], results["open_clip"]
+    rounds.run({system: lambda system=system: measure(system, args) for system in ("core", "open_clip")})
     print(f"{MODEL}, {args.n} pairs, batch {args.batch}, {args.precision}, {args.threads} threads, "
           f"epoch {args.epochs} timed")
-    print(f"{'':12}{'samples/s':>12}{'peak RSS MiB':>15}")
-    for system, r in results.items():
-        print(f"{system:12}{r['samples_per_s']:12.1f}{r['peak_rss_mib']:15.0f}")
-    print(f"throughput ratio core/open_clip: {core['samples_per_s'] / ref['samples_per_s']:.2f}x "
-          f"(target >= 1.0); peak memory ratio: {core['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x (target <= 1.0)")
+    print(f"{'':12}{'samples/s':>12}{'peak RSS MiB':>15}   (medians)")
+    for system in ("core", "open_clip"):
+        print(f"{system:12}{rounds.median(system, 'samples_per_s'):12.1f}{rounds.median(system, 'peak_rss_mib'):15.0f}")
+    print(f"core/open_clip throughput {rounds.ratio('core', 'open_clip', 'samples_per_s')} (target >= 1.0); "
+          f"peak memory {rounds.ratio('core', 'open_clip', 'peak_rss_mib')} (target <= 1.0)")
+    print(rounds.footer())
 
 
 if __name__ == "__main__":
