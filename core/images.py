@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from typing import IO, Callable, TypeVar
 
@@ -47,7 +48,7 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], max_pixels: int) -
     except Image.DecompressionBombError as exc:
         raise BadSample("pixel-limit", str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadSample("corrupt-image", _describe(exc)) from None
+        raise _decode_failure(exc) from None
     width, height = image.size
     if width * height > max_pixels:
         raise BadSample("pixel-limit", f"{width}x{height} = {width * height} pixels > dataset.max_image_pixels "
@@ -64,8 +65,7 @@ def decoded(fn: Callable[[], T]) -> T:
     except BadSample:
         raise
     except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as exc:
-        text = _describe(exc)
-        raise BadSample("truncated-image" if "truncated" in text else "corrupt-image", text) from None
+        raise _decode_failure(exc) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -89,5 +89,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def _decode_failure(exc: BaseException) -> BadSample:
+    """``truncated-image`` when the decoder ran out of data (PIL says "truncated" in several
+    spellings), else ``corrupt-image``; the detail never carries a memory address."""
+    text = re.sub(r" (object )?at 0x[0-9a-fA-F]+", "", f"{type(exc).__name__}: {exc}")
+    return BadSample("truncated-image" if "truncated" in text.lower() else "corrupt-image", text)

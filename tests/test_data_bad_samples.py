@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.bad_samples import BadSampleLog
+from core.bad_samples import BadSample, BadSampleLog
 from core.config import DatasetEntry
 from core.errors import DataError
 from plugins import custom, wds
@@ -48,14 +48,15 @@ def _missing_listed_image(root: Path) -> dict:
     return {"image_list_file": str(listing)}
 
 
-def _truncated_jpeg() -> bytes:
+def _truncated_jpeg(keep: float = 0.5) -> bytes:
     data = image_bytes("JPEG", size=(64, 64), quality=95)
-    return data[: len(data) // 2]
+    return data[: int(len(data) * keep)]
 
 
 CASES = {  # name: (writer, reason, loaded lazily (True) or found while indexing (False), max_image_pixels)
-    "corrupt image": (_bad_image(b"\x89PNG\r\n\x1a\nnot really"), "corrupt-image", True, None),
+    "corrupt image": (_bad_image(b"this is text, not an image; " * 8), "corrupt-image", True, None),
     "truncated jpeg": (_bad_image(_truncated_jpeg(), ".jpg"), "truncated-image", True, None),
+    "jpeg cut in its headers": (_bad_image(_truncated_jpeg(0.1), ".jpg"), "truncated-image", True, None),
     "zero-byte image": (_bad_image(b""), "empty-file", True, None),
     "pixel limit": (_bad_image(image_bytes(size=(40, 40))), "pixel-limit", True, 1000),
     "missing caption file": (_missing_caption, "missing-caption", False, None),
@@ -221,3 +222,12 @@ def test_fewer_shards_than_processes_and_too_small_epochs(tmp_path):
     with pytest.raises(DataError) as err:
         wds.build(request(_wds_config(root), batch_size=8))
     assert "4 usable samples" in str(err.value) and "global batch of 8" in str(err.value)
+
+
+def test_bad_sample_details_carry_no_memory_addresses():
+    from core.images import open_image
+
+    with pytest.raises(BadSample) as err:
+        open_image(b"\xff\xd8 not an image at all", 10**6)
+    assert err.value.reason == "corrupt-image"
+    assert "0x" not in err.value.detail and "object at" not in err.value.detail
