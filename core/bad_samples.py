@@ -3,18 +3,20 @@
 A dataset format raises :class:`BadSample` where it meets unusable data; the loader hands it to
 a :class:`BadSampleLog`, which either raises :class:`core.errors.DataError` naming the path and
 reason (``error``), or counts it per reason and appends ``{"path", "reason", "detail", "rank",
-"epoch"}`` to ``results_dir/bad_samples.jsonl`` (``skip``). Each line is one ``O_APPEND`` write,
+"phase", "epoch"}`` to ``results_dir/bad_samples.jsonl`` (``skip``): ``phase`` is ``train``, ``val``,
+``evaluate`` or ``inference``, ``epoch`` the training epoch (null outside training). Each line is one ``O_APPEND`` write,
 so ranks and worker processes can share the file without interleaving.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from core.errors import DataError
 
@@ -65,10 +67,10 @@ class BadSampleLog:
     """
 
     def __init__(self, policy: Literal["skip", "error"] = "skip", results_dir: str | Path | None = None,
-                 rank: int = 0, file_name: str = FILE_NAME):
+                 rank: int = 0, file_name: str = FILE_NAME, phase: str | None = None):
         if policy not in ("skip", "error"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'error', not {policy!r}")
-        self.policy, self.rank, self.epoch = policy, rank, None
+        self.policy, self.rank, self.phase, self.epoch = policy, rank, phase, None
         self.path = Path(results_dir) / file_name if results_dir is not None else None
         self.totals: collections.Counter[str] = collections.Counter()
         self._unreported: collections.Counter[str] = collections.Counter()
@@ -80,6 +82,15 @@ class BadSampleLog:
             return request.bad_samples
         return cls(request.config.dataset.on_bad_sample, request.results_dir, request.rank)
 
+    @contextlib.contextmanager
+    def in_phase(self, phase: str) -> Iterator[None]:
+        """Record under ``phase`` (``val`` while training validates) for the duration of a block."""
+        previous, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = previous
+
     def record(self, path: str, reason: str, detail: str = "") -> None:
         if self.policy == "error":
             raise DataError(
@@ -89,7 +100,8 @@ class BadSampleLog:
                     f"(each is then listed in {FILE_NAME})")
         self.totals[reason] += 1
         self._unreported[reason] += 1
-        entry = {"path": str(path), "reason": reason, "detail": detail, "rank": self.rank, "epoch": self.epoch}
+        entry = {"path": str(path), "reason": reason, "detail": detail, "rank": self.rank, "phase": self.phase,
+                 "epoch": self.epoch}
         if self.path is None:
             log.warning("skipped bad sample %s (%s%s)", path, reason, f": {detail}" if detail else "")
             return

@@ -62,7 +62,7 @@ def evaluate(cfg, encoder: Encoder, world: World, out_dir: Path) -> dict[str, An
         raise ConfigError("nothing to evaluate: dataset.val.datasets is empty and evaluate.classification_dir "
                           "is unset", where="dataset.val", fix="add [[dataset.val.datasets]] with image_dir "
                           "(retrieval) and/or set evaluate.classification_dir (zero-shot classification)")
-    bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank)
+    bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, phase="evaluate")
     results: dict[str, Any] = {"model": encoder.source}
     with progress_bar(world.is_main) as progress:
         if cfg.dataset.val.datasets:

@@ -76,7 +76,8 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
     written = []
     with progress_bar(world.is_main) as progress:
         if paths:
-            bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, file_name=SKIPPED_FILE)
+            bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, file_name=SKIPPED_FILE,
+                               phase="inference")
             shard = Shard.of(len(paths), world.rank, world.size)
             load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
             batches = _image_rows(encoder, load, paths, range(shard.start, shard.stop), inf, bad, progress)

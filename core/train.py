@@ -123,7 +123,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.world.device.type, enabled=train.precision == "fp16")
 
         # 9. data
-        self.bad_samples = BadSampleLog(cfg.dataset.on_bad_sample, self.out_dir, self.world.rank)
+        self.bad_samples = BadSampleLog(cfg.dataset.on_bad_sample, self.out_dir, self.world.rank, phase="train")
         self.train_loader = self._build_train_loader()
         self.steps_per_epoch = len(self.train_loader) // self.accum_steps
         if self.steps_per_epoch < 1:

@@ -30,7 +30,7 @@ class Validator:
     def __init__(self, cfg, model, world: World, out_dir: Path, bad_samples: BadSampleLog | None = None):
         self.cfg, self.model, self.world = cfg, model, world
         self.out_dir = out_dir
-        self.bad_samples = bad_samples or BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank)
+        self.bad_samples = bad_samples or BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, phase="val")
         self.encoder = ModelEncoder(model, world.device, source={"validation": str(out_dir)})
 
     @torch.no_grad()
@@ -41,8 +41,9 @@ class Validator:
 
         val = self.cfg.dataset.val
         self.model.eval()
-        results = retrieval_results(self.cfg, self.encoder, self.world, batch_size=val.batch_size,
-                                    num_workers=val.num_workers, results_dir=self.out_dir,
-                                    bad_samples=self.bad_samples)
+        with self.bad_samples.in_phase("val"):
+            results = retrieval_results(self.cfg, self.encoder, self.world, batch_size=val.batch_size,
+                                        num_workers=val.num_workers, results_dir=self.out_dir,
+                                        bad_samples=self.bad_samples)
         self.bad_samples.report("validation")
         return None if results is None else validation_metrics(results)
