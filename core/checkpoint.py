@@ -94,7 +94,9 @@ def load_checkpoint(path: str | os.PathLike, *, key: str = "checkpoint") -> dict
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise refused_pickle(path, exc, where=key) from None
+        raise ClipcoreError(
+            f"{path} needs arbitrary unpickling, which clipcore refuses (it can run code): {exc}".split("\n")[0],
+            where=key, fix="re-save it as a plain state dict (tensors and plain types only) or as safetensors") from None
     except Exception as exc:
         raise ClipcoreError(f"cannot read checkpoint {path}: {exc}", where=key,
                             fix="the file is corrupt or not a PyTorch checkpoint") from None
@@ -103,22 +105,6 @@ def load_checkpoint(path: str | os.PathLike, *, key: str = "checkpoint") -> dict
                             fix="use a checkpoint written by `core train`, or set model.pretrained to "
                                 "load published weights")
     return ckpt
-
-
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-INSPECT_AND_RESAVE = (
-    "look at what the file would import without loading it (`python -m zipfile -l FILE`, then "
-    "`unzip -p FILE '*/data.pkl' | python -m pickletools -`); only if you trust where it came from, re-save "
-    "its tensors as a plain state dict or as safetensors and point clipcore at the new file")
-
-
-def refused_pickle(path: str | os.PathLike, exc: Exception, *, where: str, fix: str = INSPECT_AND_RESAVE) -> ClipcoreError:
-    """The error for a file that ``torch.load(weights_only=True)`` refused: it names the global the
-    file would import (``posix.system``) and never advises loading the file unsafely."""
-    found = _GLOBAL.search(str(exc))
-    needs = f"it would import {found.group(1)}" if found else "it holds more than tensors and plain values"
-    return ClipcoreError(f"{path} is refused: {needs}, which a weights file never needs (unpickling it could run "
-                         "code)", where=where, fix=fix)
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, *, key: str) -> dict[str, Any]:

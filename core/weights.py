@@ -16,7 +16,6 @@ import attrs
 import torch
 
 from core.backbone import LN_10
-from core.checkpoint import refused_pickle
 from core.errors import ClipcoreError
 
 T = TypeVar("T")
@@ -146,7 +145,12 @@ def read_weights_file(path: str | os.PathLike, *, key: str = "model.pretrained")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise refused_pickle(path, exc, where=key) from None
+        raise ClipcoreError(
+            f"{path} needs arbitrary unpickling, which clipcore refuses (unpickling can run code): "
+            + str(exc).split("\n")[0], where=key,
+            fix="re-save only its tensors, from a Python session you trust: `sd = torch.load(path, "
+                "weights_only=False); torch.save(sd.get('state_dict', sd), 'weights.pth')` (or save as "
+                "safetensors), then point clipcore at the new file") from None
     except Exception as exc:
         raise ClipcoreError(f"cannot read weights file {path}: {exc}", where=key,
                             fix="the file is corrupt or not a PyTorch file") from None

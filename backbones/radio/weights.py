@@ -23,7 +23,6 @@ from typing import Any
 import attrs
 import torch
 
-from core.checkpoint import refused_pickle
 from core.errors import ClipcoreError
 
 # Prefixes (after normalisation) that hold nothing the summary adaptor needs.
@@ -112,8 +111,10 @@ def load_file(path: Path, *, where: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        raise refused_pickle(path, exc, where=where,
-                             fix="use the published C-RADIOv3 .pth.tar (tensors + argparse.Namespace only)") from None
+        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
+        raise ClipcoreError(f"{path} needs arbitrary unpickling, which clipcore refuses (it can run code): "
+                            f"{detail.strip()}", where=where,
+                            fix="use the published C-RADIOv3 .pth.tar (tensors + argparse.Namespace only)") from None
     except Exception as exc:
         raise ClipcoreError(f"cannot read {path}: {exc}".split("\n")[0], where=where,
                             fix="the file is truncated or not a PyTorch checkpoint; download it again") from None
