@@ -386,7 +386,7 @@ def test_unsafe_pickle_is_refused(tmp_path, teachers):
 
     path = tmp_path / "evil.pth.tar"
     torch.save({"args": layout.radio_args(), "state_dict": {}, "hook": pathlib.PurePosixPath("/x")}, path)
-    with pytest.raises(ClipcoreError, match="needs arbitrary unpickling.*pathlib.PurePosixPath"):
+    with pytest.raises(ClipcoreError, match="model.pretrained: .* needs the Python global `pathlib.PurePosixPath`"):
         build_from(path, teachers)
 
 

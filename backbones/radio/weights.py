@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import attrs
 import torch
 
 from core.errors import ClipcoreError
+from core.weights import load_torch_file
 
 # Prefixes (after normalisation) that hold nothing the summary adaptor needs.
 UNUSED_PREFIXES = ("_feature_projections.", "_feature_normalizer.", "_intermediate_feature_normalizer.")
@@ -107,17 +106,7 @@ def load_file(path: Path, *, where: str) -> Any:
         raise ClipcoreError(f"{path} is the Hugging Face backbone-only export, which has no adaptor heads",
                             where=where, fix="download the torch-hub file c-radio_v3-*_half.pth.tar from the "
                                              "same Hugging Face repository and point at it")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
-        raise ClipcoreError(f"{path} needs arbitrary unpickling, which clipcore refuses (it can run code): "
-                            f"{detail.strip()}", where=where,
-                            fix="use the published C-RADIOv3 .pth.tar (tensors + argparse.Namespace only)") from None
-    except Exception as exc:
-        raise ClipcoreError(f"cannot read {path}: {exc}".split("\n")[0], where=where,
-                            fix="the file is truncated or not a PyTorch checkpoint; download it again") from None
+    return load_torch_file(path, where=where, allow=[argparse.Namespace], mmap=True)
 
 
 def _check_mlp_version(args: argparse.Namespace, path: Path, where: str) -> None:
