@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import random
 import re
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from core.errors import ClipcoreError, file_system_error
+from core.weights import load_torch_file
 
 FORMAT = "clipcore"
 VERSION = 1
@@ -91,15 +91,7 @@ def load_checkpoint(path: str | os.PathLike, *, key: str = "checkpoint") -> dict
     if not path.is_file():
         raise ClipcoreError(f"checkpoint not found: {path}", where=key,
                             fix="point it at an existing clipcore checkpoint (.pth)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ClipcoreError(
-            f"{path} needs arbitrary unpickling, which clipcore refuses (it can run code): {exc}".split("\n")[0],
-            where=key, fix="re-save it as a plain state dict (tensors and plain types only) or as safetensors") from None
-    except Exception as exc:
-        raise ClipcoreError(f"cannot read checkpoint {path}: {exc}", where=key,
-                            fix="the file is corrupt or not a PyTorch checkpoint") from None
+    ckpt = load_torch_file(path, where=key)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ClipcoreError(f"{path} is not a clipcore checkpoint (no format={FORMAT!r} marker)", where=key,
                             fix="use a checkpoint written by `core train`, or set model.pretrained to "

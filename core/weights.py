@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -115,6 +117,50 @@ def missing_weights_error(model_type: str, looked: Sequence[str], ways: Sequence
         fix="provide them one of these ways: " + "; ".join(f"({i}) {w}" for i, w in enumerate(ways, 1)))
 
 
+PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+SAFE_LOADER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+
+
+def load_torch_file(path: Path, *, where: str, allow: Sequence[type] = (), mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, allowing the globals ``allow`` besides
+    tensors and plain values (memory-mapped when ``mmap`` and the file is a zip archive).
+
+    Nothing in the file runs. A file the safe loader rejects is refused naming the global it needs
+    (:func:`_refused_pickle_error`); an unreadable one with its cause. Both raise ClipcoreError
+    with ``where`` (the config key the path came from).
+    """
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        raise _refused_pickle_error(path, exc, where=where) from None
+    except Exception as exc:
+        raise ClipcoreError(f"cannot read {path}: {_first_line(exc)}", where=where,
+                            fix="the file is truncated, corrupt or not a PyTorch file; copy or download it again") from None
+
+
+def _refused_pickle_error(path: Path, exc: pickle.UnpicklingError, *, where: str) -> ClipcoreError:
+    """The error for a file torch's safe loader rejected (``exc``): names the global it needs
+    (e.g. ``posix.system``), says how to inspect the file without running it, and to re-save its
+    tensors only if the file is trusted. Never advises turning the safe loader off."""
+    text = str(exc)
+    found = PICKLED_GLOBAL.search(text)
+    if found:
+        what = (f"{path} needs the Python global `{found[1]}` to unpickle; clipcore refuses it, because "
+                "unpickling anything but tensors and plain values can run code")
+    else:
+        detail = SAFE_LOADER_DETAIL.search(text)
+        what = (f"{path} is refused by torch's safe loader ({detail[1].strip() if detail else 'unknown reason'}): "
+                "it is corrupt, not a PyTorch file, or a pickle using more than tensors and plain values")
+    return ClipcoreError(
+        what, where=where,
+        fix=f"inspect it without running it: `python -m zipfile -l {path}` lists its members, and "
+            f"`python -m zipfile -e {path} DIR` then `python -m pickletools DIR/*/data.pkl` prints every global "
+            f"it calls (a file that is not a zip archive: `python -m pickletools {path}`). Only if you trust the "
+            "file and its source, re-save just its tensors (a state dict with torch.save, or safetensors) with the "
+            "software that wrote it, and point clipcore at the new file")
+
+
 @attrs.frozen
 class WeightsFile:
     """A weights file read safely: its state dict and, for a clipcore checkpoint, its model type."""
@@ -128,7 +174,8 @@ def read_weights_file(path: str | os.PathLike, *, key: str = "model.pretrained")
     """Read a state dict from ``.safetensors`` or a PyTorch file with ``weights_only=True``.
 
     Accepts a bare state dict, one under ``state_dict`` or ``model``, or a clipcore checkpoint,
-    and strips a DDP ``module.`` prefix. A file that needs arbitrary unpickling is refused.
+    and strips a DDP ``module.`` prefix. A file that needs arbitrary unpickling is refused
+    (:func:`load_torch_file`).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -142,18 +189,7 @@ def read_weights_file(path: str | os.PathLike, *, key: str = "model.pretrained")
         except Exception as exc:
             raise ClipcoreError(f"cannot read safetensors file {path}: {exc}", where=key,
                                 fix="the file is corrupt or not a safetensors file") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ClipcoreError(
-            f"{path} needs arbitrary unpickling, which clipcore refuses (unpickling can run code): "
-            + str(exc).split("\n")[0], where=key,
-            fix="re-save only its tensors, from a Python session you trust: `sd = torch.load(path, "
-                "weights_only=False); torch.save(sd.get('state_dict', sd), 'weights.pth')` (or save as "
-                "safetensors), then point clipcore at the new file") from None
-    except Exception as exc:
-        raise ClipcoreError(f"cannot read weights file {path}: {exc}", where=key,
-                            fix="the file is corrupt or not a PyTorch file") from None
+    obj = load_torch_file(path, where=key)
     if isinstance(obj, dict) and obj.get("format") == "clipcore":
         return WeightsFile(path, obj["model"], obj.get("model_type"))
     for wrapper in ("state_dict", "model"):

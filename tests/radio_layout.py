@@ -110,13 +110,14 @@ def radio_args(**overrides) -> argparse.Namespace:
 
 
 def write_radio_checkpoint(path: Path, trunk: torch.nn.Module, *, heads=None, half: bool = True,
-                           state: dict | None = None, **args) -> Path:
+                           state: dict | None = None, training_state: dict | None = None, **args) -> Path:
     """Save as the published ``.pth.tar``: EMA weights under ``state_dict_ema`` and different
-    (non-EMA) values under ``state_dict``, fp16 when ``half``."""
+    (non-EMA) values under ``state_dict``, fp16 when ``half``; ``training_state`` entries are
+    added to both as they are (the releases also hold training-only entries)."""
     state = state if state is not None else published_state(trunk, heads or default_heads(trunk.embed_dim))
     dtype = torch.float16 if half else torch.float32
-    ema = {k: v.to(dtype) for k, v in state.items()}
-    raw = {k: (v + 1).to(dtype) for k, v in state.items()}
+    ema = {k: v.to(dtype) for k, v in state.items()} | (training_state or {})
+    raw = {k: (v + 1).to(dtype) for k, v in state.items()} | (training_state or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"args": radio_args(**args), "state_dict": raw, "state_dict_ema": ema, "epoch": 7}, path)
     return path

@@ -386,17 +386,58 @@ def test_unsafe_pickle_is_refused(tmp_path, teachers):
 
     path = tmp_path / "evil.pth.tar"
     torch.save({"args": layout.radio_args(), "state_dict": {}, "hook": pathlib.PurePosixPath("/x")}, path)
-    with pytest.raises(ClipcoreError, match="needs arbitrary unpickling.*pathlib.PurePosixPath"):
+    with pytest.raises(ClipcoreError, match="model.pretrained: .* needs the Python global `pathlib.PurePosixPath`"):
         build_from(path, teachers)
 
 
-def test_leftover_keys_are_reported_not_ignored(tmp_path, teachers):
-    path = save_variant(tmp_path / "c.pth.tar", add={"base_model.norm.weight": torch.ones(64),
-                                                     "mystery.buffer": torch.zeros(2)})
+def training_only_entries() -> dict:
+    """Entries the releases hold beside the model (names as third-party loaders report them;
+    their shapes are not public), in arbitrary shapes and dtypes."""
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "_loss_states.0.ema_loss": torch.randn(3, 7, generator=generator, dtype=torch.float64),
+        "_loss_states.siglip2-g.count": torch.tensor(12345, dtype=torch.int64),
+        "_loss_states.2.history.0": torch.randn(0, 5, generator=generator),
+        "adaloss": torch.randn(2, 3, 4, generator=generator).to(torch.bfloat16),
+        "lean_in_expected_losses": torch.randn(6, generator=generator, dtype=torch.complex64),
+        "weight_balance_mask": torch.rand(4, 1, 9, generator=generator) > 0.5,
+        "module.adaloss.scale": torch.randint(-128, 127, (5,), generator=generator, dtype=torch.int8),
+    }
+
+
+def test_training_only_entries_and_args_are_logged_and_ignored(tmp_path, teachers, caplog):
+    path = layout.write_radio_checkpoint(tmp_path / "release.pth.tar", layout.random_trunk("c-radio_v3-b", seed=0),
+                                         training_state=training_only_entries(), lr=3e-4, adaloss_momentum=0.99)
+    with caplog.at_level("DEBUG", logger="backbones.radio.weights"):
+        model = build_from(path, teachers)
+    images = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        want = layout.reference_features(path, "c-radio_v3-b", images, head="0", slot=0)
+        assert (model.encode_image(images) - want).abs().max() <= 1e-5
+    assert (f"{path}: ignoring 21 state-dict entries the model does not use: _feature_projections (14), "
+            "_loss_states (3), adaloss (2), lean_in_expected_losses (1), weight_balance_mask (1)") in caplog.text
+    assert "ignoring args fields clipcore does not read: adaloss_momentum," in caplog.text and ", lr," in caplog.text
+
+
+@pytest.mark.parametrize("key,message", [
+    ("base_model.norm.weight", "1 base_model.* keys have no place in the timm C-RADIOv3 model: base_model.norm.weight"),
+    ("input_conditioner.norm_scale", "input conditioner has keys ['norm_mean', 'norm_scale', 'norm_std'], "
+                                     "expected norm_mean and norm_std"),
+    ("_heads.0.fc3.weight", "the summary head of teacher 'siglip2-g' is not an mlp_version v2 head over 64-wide "
+                            "tokens: 0 tensors missing (e.g. []), 1 unexpected (e.g. ['fc3.weight'])")])
+def test_leftovers_inside_the_model_prefixes_are_refused(tmp_path, teachers, key, message):
+    path = save_variant(tmp_path / "c.pth.tar", add={key: torch.ones(64)})
     with pytest.raises(ClipcoreError) as err:
         build_from(path, teachers)
-    assert "2 checkpoint keys have no place" in str(err.value)
-    assert "base_model.norm.weight" in str(err.value) and "mystery.buffer" in str(err.value)
+    assert message in str(err.value) and str(err.value).startswith("model.pretrained: ")
+
+
+def test_head_over_another_width_is_refused(tmp_path, teachers):
+    trunk = layout.random_trunk("c-radio_v3-b")
+    path = layout.write_radio_checkpoint(tmp_path / "c.pth.tar", trunk, heads={"0": layout.random_head(32, 24)})
+    with pytest.raises(ClipcoreError, match=r"not an mlp_version v2 head over 64-wide tokens: .*1 of another shape "
+                                            r"\(e.g. \['fc1.weight \(40, 32\) \(model: \(40, 64\)\)'\]\)"):
+        build_from(path, teachers)
 
 
 def test_spectral_norm_buffers_are_refused(tmp_path, teachers):

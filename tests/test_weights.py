@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 
 import attrs
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.checkpoint import load_checkpoint
 from core.config import ExperimentConfig
 from core.errors import ClipcoreError
-from core.weights import init_logit_values, looks_like_path, missing_weights_error, read_weights_file
+from core.weights import init_logit_values, load_torch_file, looks_like_path, missing_weights_error, read_weights_file
 
 
 def cfg_with(loss: str, **model) -> ExperimentConfig:
@@ -59,3 +62,55 @@ def test_missing_weights_error_always_offers_random_init():
     message = str(missing_weights_error("m", ["here", "there"], ["way one"]))
     assert "'m'" in message and "here; there" in message and "(1) way one" in message
     assert "model.pretrained = false" in message and "clipcore checkpoint" in message
+
+
+class RunsCommand:
+    """Unpickles as ``os.system(command)``: what a hostile checkpoint does."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+SAFE_LOADERS = {"load_torch_file": lambda path: load_torch_file(path, where="model.pretrained"),
+                "read_weights_file": read_weights_file, "load_checkpoint": load_checkpoint}
+
+
+@pytest.mark.parametrize("loader", SAFE_LOADERS.values(), ids=SAFE_LOADERS.keys())
+def test_hostile_pickle_runs_nothing_and_is_named(tmp_path, loader):
+    marker = tmp_path / "ran"
+    path = tmp_path / "hostile.pth"
+    torch.save({"format": "clipcore", "model": {}, "payload": RunsCommand(f"touch {marker}")}, path)
+    with pytest.raises(ClipcoreError) as err:
+        loader(path)
+    assert not marker.exists()
+    message = str(err.value)
+    assert f"{path} needs the Python global `{os.system.__module__}.system` to unpickle; clipcore refuses it" in message
+    assert f"python -m zipfile -l {path}" in message and "python -m pickletools" in message
+    assert "Only if you trust the file and its source, re-save just its tensors" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+
+
+@pytest.mark.parametrize("loader", SAFE_LOADERS.values(), ids=SAFE_LOADERS.keys())
+def test_foreign_global_is_named(tmp_path, loader):
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"format": "clipcore", "state_dict": {}, "hparams": argparse.Namespace(lr=1e-4)}, path)
+    with pytest.raises(ClipcoreError) as err:
+        loader(path)
+    message = str(err.value)
+    assert "needs the Python global `argparse.Namespace` to unpickle" in message
+    assert "weights_only=False" not in message and "add_safe_globals" not in message
+
+
+def test_files_the_safe_loader_cannot_parse(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(bytes(range(163, 256)))
+    with pytest.raises(ClipcoreError, match=r"junk.pth is refused by torch's safe loader \(Unsupported operand 163\)"):
+        load_torch_file(tmp_path / "junk.pth", where="model.pretrained")
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pth")
+    (tmp_path / "half.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:2000])
+    with pytest.raises(ClipcoreError) as err:
+        load_torch_file(tmp_path / "half.pth", where="checkpoint")
+    assert str(err.value).startswith(f"checkpoint: cannot read {tmp_path / 'half.pth'}: PytorchStreamReader failed")
+    assert "fix: the file is truncated, corrupt or not a PyTorch file" in str(err.value)

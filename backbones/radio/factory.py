@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import AutoTokenizer, SiglipTextConfig
 
@@ -24,7 +25,7 @@ from backbones.radio.adaptor import AdaptorHead
 from backbones.radio.config import radio_options
 from backbones.radio.model import RadioClip
 from backbones.radio.sizes import RadioSize, TextTowerSpec, resolve_adaptor, size_of
-from backbones.radio.teachers import select_teacher
+from backbones.radio.teachers import Teacher, select_teacher
 from backbones.radio.text import ClipText, SiglipText, load_clip_text, load_siglip_text
 from backbones.radio.vision import RadioVisionTower, create_trunk
 from backbones.radio.weights import RadioCheckpoint, load_file, parse_checkpoint
@@ -98,19 +99,26 @@ def tiny(model_type: str, adaptor: str = "siglip") -> RadioClip:
                      text=text, tokenizer=tokenizer, preprocess=_preprocess(32), **_logits(2.0, -5.0))
 
 
+def misfit(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    """``""`` when ``got`` has exactly the names and shapes of ``expected``, else what differs."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    wrong = [f"{k} {tuple(got[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
+             if k in got and got[k].shape != v.shape]
+    if not (missing or unexpected or wrong):
+        return ""
+    return (f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:2]})")
+
+
 def load_trunk(trunk: nn.Module, ckpt: RadioCheckpoint, size: RadioSize) -> None:
     """Load the backbone strictly; any missing, unexpected or mis-shaped tensor is reported."""
-    expected = trunk.state_dict()
-    missing = [k for k in expected if k not in ckpt.trunk]
-    unexpected = [k for k in ckpt.trunk if k not in expected]
-    wrong = [f"{k} {tuple(ckpt.trunk[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
-             if k in ckpt.trunk and ckpt.trunk[k].shape != v.shape]
-    if missing or unexpected or wrong:
+    problems = misfit(trunk.state_dict(), ckpt.trunk)
+    if problems:
         pos = ckpt.trunk.get("embeds.pos_embed")
         depth = len({k.split(".")[1] for k in ckpt.trunk if k.startswith("blocks.")})
         raise ClipcoreError(
-            f"{ckpt.path} does not fit {size.model_type}: {len(missing)} tensors missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:2]}); "
+            f"{ckpt.path} does not fit {size.model_type}: {problems}; "
             f"the checkpoint has width {pos.shape[-1] if pos is not None else '?'} and depth {depth}",
             where="model.pretrained",
             fix=f"set model.type to this checkpoint's size (c-radio_v3-b/l/h/g), or use the file published for "
@@ -118,12 +126,28 @@ def load_trunk(trunk: nn.Module, ckpt: RadioCheckpoint, size: RadioSize) -> None
     trunk.load_state_dict(ckpt.trunk, strict=True)
 
 
+def load_head(teacher: Teacher, ckpt: RadioCheckpoint, in_dim: int) -> AdaptorHead:
+    """The teacher's summary head over ``in_dim``-wide CLS tokens, its hidden width, depth and
+    output read from the stored shapes, loaded strictly: any other tensor is reported."""
+    state = teacher.head
+    shape = AdaptorHead.shape_of(state)[1:] if {"fc1.weight", "final.2.weight"} <= state.keys() else (1, 1, 0)
+    head = AdaptorHead(in_dim, *shape)
+    problems = misfit(head.state_dict(), state)
+    if problems:
+        raise ClipcoreError(
+            f"{ckpt.path}: the summary head of teacher {teacher.name!r} is not an mlp_version v2 head over "
+            f"{in_dim}-wide tokens: {problems}", where="model.pretrained",
+            fix="this file's layout differs from the published C-RADIOv3 torch-hub checkpoints; "
+                "please report it with these key names")
+    head.load_state_dict(state, strict=True)
+    return head
+
+
 def _pretrained(cfg: Any, size: RadioSize, adaptor: str, trunk: nn.Module, ckpt: RadioCheckpoint) -> RadioClip:
     _check_conditioner(ckpt)
     teacher = select_teacher(ckpt, size, adaptor, where="model.pretrained")
     load_trunk(trunk, ckpt, size)
-    head = AdaptorHead(*AdaptorHead.shape_of(teacher.head))
-    head.load_state_dict(teacher.head, strict=True)
+    head = load_head(teacher, ckpt, trunk.embed_dim)
     spec = size.text_tower(adaptor)
     source = locate.text_tower(spec, radio_options(cfg).text_tower, model_type=size.model_type, adaptor=adaptor)
     if spec.kind == "siglip":

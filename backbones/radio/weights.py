@@ -2,21 +2,22 @@
 
 The file is a pickled dict ``{"args": argparse.Namespace, "state_dict": ..., "state_dict_ema": ...}``
 (EMA weights preferred). It is read with ``torch.load(weights_only=True)``, allow-listing only
-``argparse.Namespace``. Keys are normalised (``module.`` stripped, ``*.parametrizations.weight.original``
-→ ``*.weight``, LayerScale ``grandma`` → ``gamma``) and sorted into the backbone (``base_model.*``,
-mapped to timm ``NaFlexVit`` names), the input conditioner (mean/std) and the summary heads
-(``_heads.<index or name>.*``). Parts a text-aligned summary never uses (per-patch feature heads,
-feature normalisers, the unused ``reg_token``) are dropped by name; any other key is an error
-that lists it, so nothing is silently ignored.
+``argparse.Namespace``. Only the entries the model needs are read: the backbone (``base_model.*``,
+mapped to timm ``NaFlexVit`` names, its CLS tokens included), the input conditioner (mean/std) and
+the summary heads (``_heads.<index or name>.*``), after normalising keys (``module.`` stripped,
+``*.parametrizations.weight.original`` → ``*.weight``, LayerScale ``grandma`` → ``gamma``). Every
+other entry (training state such as loss statistics, per-patch feature heads, feature
+normalisers) and every ``args`` field clipcore does not read is logged and ignored. Inside those
+prefixes loading is strict: a key with no place in the model is an error that lists it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import logging
 import math
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,16 @@ import attrs
 import torch
 
 from core.errors import ClipcoreError
+from core.weights import load_torch_file
 
-# Prefixes (after normalisation) that hold nothing the summary adaptor needs.
-UNUSED_PREFIXES = ("_feature_projections.", "_feature_normalizer.", "_intermediate_feature_normalizer.")
-# The timm ViT's own register token (RADIO keeps its tokens in patch_generator.cls_token) and the
-# teacher-summary index buffer of the RADIO model (timm's converter drops it from the HF export).
-UNUSED_KEYS = ("base_model.reg_token", "summary_idxs")
+log = logging.getLogger(__name__)
+
+# What the model reads from the state dict (after ``module.`` is stripped); all else is ignored.
+MODEL_PREFIXES = ("base_model.", "input_conditioner.", "_heads.")
+# The timm ViT's own register token: RADIO keeps its tokens in patch_generator.cls_token.
+UNUSED_BACKBONE_KEY = "reg_token"
+# The ``args`` fields clipcore reads (see RadioCheckpoint); the others are training settings.
+ARGS_READ = ("teachers", "cpe_num_registers", "cls_token_per_teacher", "mlp_version")
 SPECTRAL_BUFFER = re.compile(r"\.parametrizations\.weight\.\d+\.")
 
 
@@ -72,27 +77,27 @@ def parse_checkpoint(raw: Any, path: Path, *, where: str) -> RadioCheckpoint:
         raise ClipcoreError(f"{path}: `args` is a {type(args).__name__}, expected argparse.Namespace", where=where,
                             fix="use the published c-radio_v3-*_half.pth.tar")
     _check_mlp_version(args, path, where)
-    state = normalize_keys(raw.get("state_dict_ema") or raw["state_dict"], path=path, where=where)
+    state, ignored = model_entries(raw.get("state_dict_ema") or raw["state_dict"])
+    _log_ignored(path, ignored, args)
+    state = normalize_keys(state, path=path, where=where)
 
-    base, heads, conditioner, leftover = {}, {}, {}, []
+    base, heads, conditioner = {}, {}, {}
     for key, value in state.items():
-        if key.startswith("base_model.") and key not in UNUSED_KEYS:
-            base[key[len("base_model."):]] = value
-        elif key.startswith("_heads."):
-            name, _, rest = key[len("_heads."):].partition(".")
-            heads.setdefault(name, {})[rest] = value
-        elif key.startswith("input_conditioner."):
-            conditioner[key[len("input_conditioner."):]] = value
-        elif not (key in UNUSED_KEYS or key.startswith(UNUSED_PREFIXES)):
-            leftover.append(key)
+        group, _, rest = key.partition(".")
+        if group == "base_model" and rest != UNUSED_BACKBONE_KEY:
+            base[rest] = value
+        elif group == "_heads":
+            name, _, param = rest.partition(".")
+            heads.setdefault(name, {})[param] = value
+        elif group == "input_conditioner":
+            conditioner[rest] = value
     trunk, unmapped = to_timm_keys(base)
-    leftover += ["base_model." + k for k in unmapped]
-    if leftover:
+    if unmapped:
         raise ClipcoreError(
-            f"{path}: {len(leftover)} checkpoint keys have no place in the timm C-RADIOv3 model: "
-            + ", ".join(leftover[:10]) + (" ..." if len(leftover) > 10 else ""), where=where,
-            fix="this file's layout differs from the published C-RADIOv3 torch-hub checkpoints; "
-                "please report it with these key names")
+            f"{path}: {len(unmapped)} base_model.* keys have no place in the timm C-RADIOv3 model: "
+            + ", ".join("base_model." + k for k in unmapped[:10]) + (" ..." if len(unmapped) > 10 else ""),
+            where=where, fix="this file's layout differs from the published C-RADIOv3 torch-hub checkpoints; "
+                             "please report it with these key names")
     mean, std = _conditioner(conditioner, path, where)
     return RadioCheckpoint(path=path, args=args, trunk=trunk, heads=heads, mean=mean, std=std)
 
@@ -107,17 +112,7 @@ def load_file(path: Path, *, where: str) -> Any:
         raise ClipcoreError(f"{path} is the Hugging Face backbone-only export, which has no adaptor heads",
                             where=where, fix="download the torch-hub file c-radio_v3-*_half.pth.tar from the "
                                              "same Hugging Face repository and point at it")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
-        raise ClipcoreError(f"{path} needs arbitrary unpickling, which clipcore refuses (it can run code): "
-                            f"{detail.strip()}", where=where,
-                            fix="use the published C-RADIOv3 .pth.tar (tensors + argparse.Namespace only)") from None
-    except Exception as exc:
-        raise ClipcoreError(f"cannot read {path}: {exc}".split("\n")[0], where=where,
-                            fix="the file is truncated or not a PyTorch checkpoint; download it again") from None
+    return load_torch_file(path, where=where, allow=[argparse.Namespace], mmap=True)
 
 
 def _check_mlp_version(args: argparse.Namespace, path: Path, where: str) -> None:
@@ -127,23 +122,43 @@ def _check_mlp_version(args: argparse.Namespace, path: Path, where: str) -> None
                             "(C-RADIOv2.5 and later)", where=where, fix="use a C-RADIOv3 checkpoint")
 
 
+def model_entries(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The entries under :data:`MODEL_PREFIXES` (``module.`` stripped), and the names of all others."""
+    kept, ignored = {}, []
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        if key.startswith(MODEL_PREFIXES):
+            kept[key] = value
+        else:
+            ignored.append(key)
+    return kept, ignored
+
+
+def _log_ignored(path: Path, ignored: list[str], args: argparse.Namespace) -> None:
+    """One line naming the ignored state-dict entries (grouped by their first name part), one
+    (debug) naming the ignored ``args`` fields."""
+    if ignored:
+        groups = collections.Counter(key.split(".")[0] for key in ignored)
+        log.info("%s: ignoring %d state-dict entries the model does not use: %s", path, len(ignored),
+                 ", ".join(f"{name} ({count})" for name, count in sorted(groups.items())))
+    unread = sorted(set(vars(args)) - set(ARGS_READ))
+    if unread:
+        log.debug("%s: ignoring args fields clipcore does not read: %s", path, ", ".join(unread))
+
+
 def normalize_keys(state: dict[str, torch.Tensor], *, path: Path, where: str) -> dict[str, torch.Tensor]:
-    """Strip ``module.``, fold identity parametrizations into plain weights, rename LayerScale
-    ``grandma`` → ``gamma``. Spectral-norm buffers cannot be folded without the exact
-    reparametrisation and are refused."""
+    """Fold identity parametrizations into plain weights, rename LayerScale ``grandma`` →
+    ``gamma``. Spectral-norm buffers cannot be folded without the exact reparametrisation and
+    are refused."""
     spectral = [k for k in state if SPECTRAL_BUFFER.search(k)]
     if spectral:
         raise ClipcoreError(
             f"{path}: weights are spectrally reparametrised ({spectral[0]} and {len(spectral) - 1} more); "
             "clipcore folds only identity parametrizations", where=where,
             fix="use the published C-RADIOv3 checkpoint, whose weights are stored plain")
-    out = {}
-    for key, value in state.items():
-        while key.startswith("module."):
-            key = key[len("module."):]
-        key = key.replace(".parametrizations.weight.original", ".weight").replace(".grandma", ".gamma")
-        out[key] = value
-    return out
+    return {key.replace(".parametrizations.weight.original", ".weight").replace(".grandma", ".gamma"): value
+            for key, value in state.items()}
 
 
 def to_timm_keys(base: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
