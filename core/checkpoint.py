@@ -99,9 +99,13 @@ def load_checkpoint(path: str | os.PathLike, *, key: str = "checkpoint") -> dict
     return ckpt
 
 
-def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, *, key: str) -> dict[str, Any]:
-    """Load a clipcore checkpoint's weights into ``model``, refusing one saved for another type."""
-    ckpt = load_checkpoint(path, key=key)
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, *, key: str,
+                       checkpoint: dict[str, Any] | None = None, keep_initial_bias: bool = False) -> dict[str, Any]:
+    """Load a clipcore checkpoint's weights into ``model``, refusing one saved for another type.
+
+    ``checkpoint`` is the file's content when the caller read it already. ``keep_initial_bias``
+    (training with a loss that adds a bias) lets a file without ``logit_bias`` keep the model's."""
+    ckpt = load_checkpoint(path, key=key) if checkpoint is None else checkpoint
     saved_type, model_type = ckpt.get("model_type"), getattr(model, "model_type", None)
     if saved_type != model_type:
         raise ClipcoreError(
@@ -114,6 +118,11 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, *, key: 
         mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         raise ClipcoreError(f"{path} does not match the {model_type} architecture built from the config: "
                             + ("; ".join(mismatches[:3]) or str(exc).splitlines()[0]), where=key, fix=fix) from None
+    if keep_initial_bias:
+        missing = [k for k in missing if k != "logit_bias"]
+    if "logit_bias" in missing + unexpected:
+        fix = ("a logit bias comes with the loss: train.loss_type must be the loss the checkpoint was trained with "
+               "(siglip-style losses train a bias, clip-style ones do not)")
     if missing or unexpected:
         raise ClipcoreError(
             f"{path} does not match the {model_type} architecture: "

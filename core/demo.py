@@ -130,12 +130,13 @@ def evaluate_model(cfg, checkpoint: Path | None, device) -> dict:
     from core.evaluate import evaluate
     from core.registry import get_registry
     from core.spec import action_dir
-    from core.train import seed_everything, with_logit_init
+    from core.train import seed_everything
 
+    loss = None  # the untrained model is built as training starts it, with the loss's logit init
     if checkpoint is None:
-        cfg = with_logit_init(cfg, get_registry().get("losses", cfg.train.loss_type, key="train.loss_type"))
+        loss = get_registry().get("losses", cfg.train.loss_type, key="train.loss_type")
         seed_everything(cfg.train.seed)
-    model = build_model(cfg, None if checkpoint is None else str(checkpoint)).to(device).eval()
+    model = build_model(cfg, None if checkpoint is None else str(checkpoint), loss=loss).to(device).eval()
     source = {"checkpoint": str(checkpoint) if checkpoint else "untrained (random init)"}
     return evaluate(cfg, ModelEncoder(model, device, source=source), World(0, 1, 0, device),
                     action_dir(cfg, "evaluate"))

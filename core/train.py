@@ -26,7 +26,7 @@ from torch import nn
 from core.accumulate import accumulated_step
 from core.backbone import ClipModel
 from core.bad_samples import BadSampleLog
-from core.build import build_model
+from core.build import build_model, with_loss_logit_init
 from core.checkpoint import (FORMAT, VERSION, CheckpointManager, load_checkpoint, preserved_rng,
                              remove_stale_temp_files, rng_state, set_rng_state)
 from core.config import ExperimentConfig
@@ -75,7 +75,7 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig):
         loss_spec = get_registry().get("losses", cfg.train.loss_type, key="train.loss_type")
-        self.cfg = cfg = with_logit_init(cfg, loss_spec)
+        self.cfg = cfg = with_loss_logit_init(cfg, loss_spec)
         train = cfg.train
         self.accum_steps = train.accum_steps
         self.autocast_dtype = PRECISIONS[train.precision]
@@ -98,7 +98,7 @@ class Trainer:
 
         # 3. model (+ pretrained_model_path weights)
         path = train.pretrained_model_path
-        self.clip = build_model(cfg, checkpoint=path, key="train.pretrained_model_path")
+        self.clip = build_model(cfg, checkpoint=path, key="train.pretrained_model_path", loss=loss_spec)
         if path:
             self.log.info(f"model weights from train.pretrained_model_path = {path}")
         if train.seed >= 0:
@@ -439,15 +439,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
-def with_logit_init(cfg: ExperimentConfig, loss_spec) -> ExperimentConfig:
-    """``cfg`` with ``model.init_logit_scale`` / ``init_logit_bias`` set from the loss plugin where
-    unset (they apply to models started from scratch; pretrained weights keep theirs)."""
-    m = cfg.model
-    scale = loss_spec.init_logit_scale if m.init_logit_scale is None else m.init_logit_scale
-    bias = loss_spec.init_logit_bias if m.init_logit_bias is None else m.init_logit_bias
-    return attrs.evolve(cfg, model=attrs.evolve(m, init_logit_scale=scale, init_logit_bias=bias))
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and python; a negative seed leaves them unseeded."""
     if seed < 0:

@@ -22,28 +22,15 @@ from core.errors import ClipcoreError
 
 T = TypeVar("T")
 DEFAULT_INIT_LOGIT_SCALE = LN_10
-DEFAULT_INIT_LOGIT_BIAS = -10.0
 
 
 def init_logit_values(cfg: Any) -> tuple[float, float | None]:
-    """Logit scale (log space) and bias for a model that starts from scratch.
-
-    ``model.init_logit_scale`` / ``model.init_logit_bias`` win; an unset one comes from the loss
-    plugin registered for ``train.loss_type``; without such a plugin, ln 10 and -10 (SigLIP).
-    """
-    scale, bias = cfg.model.init_logit_scale, cfg.model.init_logit_bias
-    if scale is None or bias is None:
-        from core.registry import get_registry
-
-        losses = get_registry().entries["losses"]
-        if cfg.train.loss_type in losses:
-            spec = losses[cfg.train.loss_type].obj
-            default_scale, default_bias = spec.init_logit_scale, spec.init_logit_bias
-        else:
-            default_scale, default_bias = DEFAULT_INIT_LOGIT_SCALE, DEFAULT_INIT_LOGIT_BIAS
-        scale = default_scale if scale is None else scale
-        bias = default_bias if bias is None else bias
-    return float(scale), None if bias is None else float(bias)
+    """Logit scale (log space) and bias for a model that starts from scratch, as core resolved them
+    before ``build()`` (see :mod:`core.build`): a bias of ``None`` means the model has none, unless
+    its pretrained weights bring one."""
+    scale = cfg.model.init_logit_scale
+    return float(DEFAULT_INIT_LOGIT_SCALE if scale is None else scale), (
+        None if cfg.model.init_logit_bias is None else float(cfg.model.init_logit_bias))
 
 
 def hf_offline() -> bool:

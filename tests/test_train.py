@@ -237,7 +237,7 @@ def test_core_train_launches_torchrun_for_several_processes(tmp_path, monkeypatc
     import core.train as train_module
 
     calls = []
-    monkeypatch.setattr(train_module.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setattr(train_module, "run_torchrun", lambda cmd, env: calls.append((cmd, env)) or 0)
     args = argparse.Namespace(config="clip.toml", results_dir=str(tmp_path), num_gpus=2,
                               overrides=["train.num_epochs=3"])
     train_module.run(tiny_config(tmp_path, num_gpus=2), args)
@@ -247,7 +247,7 @@ def test_core_train_launches_torchrun_for_several_processes(tmp_path, monkeypatc
     assert cmd[cmd.index("-m", 2):] == ["-m", "core.train", "--config", "clip.toml", f"results_dir={tmp_path}",
                                         "train.num_gpus=2", "train.num_epochs=3"]
 
-    monkeypatch.setattr(train_module.subprocess, "call", lambda cmd, env: 1)
+    monkeypatch.setattr(train_module, "run_torchrun", lambda cmd, env: 1)
     with pytest.raises(ClipcoreError, match="torchrun worker") as err:
         train_module.run(tiny_config(tmp_path, num_gpus=2), args)
     assert "logs" in str(err.value)

@@ -22,13 +22,10 @@ def cfg_with(loss: str, **model) -> ExperimentConfig:
     return attrs.evolve(cfg, model=attrs.evolve(cfg.model, **model), train=attrs.evolve(cfg.train, loss_type=loss))
 
 
-def test_init_logit_values_follow_loss_then_overrides():
-    assert init_logit_values(cfg_with("siglip")) == pytest.approx((math.log(10), -10.0))
-    assert init_logit_values(cfg_with("clip")) == (pytest.approx(math.log(1 / 0.07)), None)
-    assert init_logit_values(cfg_with("not-registered")) == pytest.approx((math.log(10), -10.0))
-    assert init_logit_values(cfg_with("clip", init_logit_bias=-2.71)) == pytest.approx((math.log(1 / 0.07), -2.71))
+def test_init_logit_values_are_what_core_resolved():
+    assert init_logit_values(cfg_with("siglip")) == (pytest.approx(math.log(10)), None)  # no bias unless resolved
+    assert init_logit_values(cfg_with("clip", init_logit_bias=-2.71)) == (pytest.approx(math.log(10)), -2.71)
     assert init_logit_values(cfg_with("siglip", init_logit_scale=1.0, init_logit_bias=0.5)) == (1.0, 0.5)
-
 
 def test_read_weights_file_unwraps_and_strips(tmp_path):
     tensors = {"a.weight": torch.ones(2), "b": torch.zeros(1)}

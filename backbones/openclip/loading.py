@@ -73,7 +73,9 @@ def _build_clipcore_type(cfg: Any) -> OpenClipModel:
         model_cfg["text_cfg"]["context_length"] = state["text.positional_embedding"].shape[0]
     _apply_image_size(model_cfg, cfg.model.image_size)
     scale, bias = init_logit_values(cfg)
-    clip = _create(model_cfg, scale=scale, bias=model_cfg.get("init_logit_bias") if bias is None else bias)
+    if bias is None and weights is not None and "logit_bias" in weights.state_dict:  # the weights bring a bias
+        bias = model_cfg.get("init_logit_bias", 0.0)
+    clip = _create(model_cfg, scale=scale, bias=bias)
     if state is not None:
         _load_state(clip, state, weights.path, model_type, model_cfg)
     text_cfg = model_cfg["text_cfg"]

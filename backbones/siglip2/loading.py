@@ -69,8 +69,11 @@ def _canonicalize(cfg: Any) -> bool:
 def _random(arch: Siglip2Type, cfg: Any) -> SiglipModel | Siglip2Model:
     hf_model = MODEL_CLASSES["siglip2" if arch.naflex else "siglip"](hf_config(arch))
     scale, bias = init_logit_values(cfg)
-    _set_logits(hf_model, scale, 0.0 if bias is None else bias)
+    _set_logits(hf_model, scale, SIGLIP_INIT_LOGIT_BIAS if bias is None else bias)  # SigLIP always has a bias
     return hf_model
+
+
+SIGLIP_INIT_LOGIT_BIAS = -10.0  # the SigLIP paper's init
 
 
 def _set_logits(hf_model: torch.nn.Module, scale: float, bias: float) -> None:

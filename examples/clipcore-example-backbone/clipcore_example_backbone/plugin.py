@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from core import hookimpl
+from core.weights import init_logit_values
 from core.backbone import (LN_10, BackboneFamily, ClipModel, PreprocessSpec, TextSpec,
                            init_logit_params)
 
@@ -113,8 +114,7 @@ def build(cfg) -> TinyClip:
     if cfg.model.pretrained is not False:
         raise ClipcoreError("example-tiny has no published weights", where="model.pretrained",
                             fix="set model.pretrained = false (random init) or pass a clipcore checkpoint")
-    scale = LN_10 if cfg.model.init_logit_scale is None else cfg.model.init_logit_scale
-    bias = -10.0 if cfg.model.init_logit_bias is None else cfg.model.init_logit_bias
+    scale, bias = init_logit_values(cfg)  # resolved by core: a bias only where training's loss adds one
     return TinyClip("example-tiny", image_size=cfg.model.image_size, logit_scale=scale, logit_bias=bias)
 
 
