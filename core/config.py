@@ -277,6 +277,10 @@ PROMPT_TEMPLATES = Rule(lambda v: all(isinstance(t, str) and t.count("{}") == 1 
 class EvaluateConfig(EvalConfig):
     """``evaluate``: the shared fields plus zero-shot classification (evaluate only)."""
 
+    tie_policy: Literal["expected", "pessimistic"] = opt(
+        "expected", "Tied scores in retrieval and classification metrics (also for validation during training): "
+                    "expected = the expected value over a random order of the tied items (CLIP_benchmark's numbers "
+                    "when nothing ties, chance level for a collapsed model) | pessimistic = tied negatives first.")
     classification_dir: str | None = opt(
         None, "Zero-shot classification set: a folder with one sub-folder of images per class "
               "(ImageFolder layout); top-1/top-5 and per-class accuracy go into results.json.")

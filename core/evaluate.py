@@ -113,9 +113,11 @@ def retrieval_results(cfg, encoder: Encoder, world: World, *, batch_size: int, n
     kept_texts = loaded[caption_image]
     new_index = np.cumsum(loaded) - 1
     device = world.device
+    tie_policy = cfg.evaluate.tie_policy
     metrics = retrieval_metrics(image_embeddings[torch.from_numpy(loaded)].to(device),
-                                texts[torch.from_numpy(kept_texts)].to(device), new_index[caption_image[kept_texts]])
-    return {"num_images": int(loaded.sum()), "num_texts": int(kept_texts.sum()), **metrics,
+                                texts[torch.from_numpy(kept_texts)].to(device), new_index[caption_image[kept_texts]],
+                                tie_policy=tie_policy)
+    return {"num_images": int(loaded.sum()), "num_texts": int(kept_texts.sum()), "tie_policy": tie_policy, **metrics,
             "skipped_images": int((~loaded).sum()), "skipped_texts": int((~kept_texts).sum())}
 
 
@@ -184,7 +186,8 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
                         where="evaluate.classification_dir", fix="see bad_samples.jsonl for the reasons")
     class_embeddings = torch.nn.functional.normalize(texts.view(len(names), len(templates), -1).mean(1), dim=-1)
     labels = np.asarray(labels)
-    found = classification_metrics(embeddings[torch.from_numpy(loaded)], class_embeddings, labels[loaded])
+    found = classification_metrics(embeddings[torch.from_numpy(loaded)], class_embeddings, labels[loaded],
+                                   tie_policy=cfg.evaluate.tie_policy)
     sizes = np.bincount(labels[loaded], minlength=len(names))
     per_class = [{"class": f.name, "name": n, "images": int(s), "accuracy": a}
                  for f, n, s, a in zip(folders, names, sizes, found.pop("per_class"))]

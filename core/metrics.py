@@ -10,9 +10,18 @@ sharing a group id are one identity (duplicates, or class-level positives), so e
 any image of the group is a positive of every image of the group, and vice versa.
 
 For one query with ``n_pos >= 1`` positives among ``G`` gallery items, order the gallery by
-descending score. **Ties are pessimistic**: a negative whose score equals a positive's is ranked
-above it (ties among positives do not change any metric). ``rank_k`` is the 1-based rank of the
-query's k-th best positive, so ``rank_k = k + #{negatives scoring >= its score}``.
+descending score. ``rank_k`` is the 1-based rank of the query's k-th best positive. Tied scores
+(duplicated images, identical captions, a collapsed model) follow ``tie_policy``:
+
+- ``expected`` (default): every metric is its expected value over a uniformly random order of the
+  tied items. Without ties this is exactly CLIP_benchmark's computation; a model that scores
+  everything equally gets chance level (``R@1 = n_pos / G``), never a perfect score.
+- ``pessimistic``: a negative whose score equals a positive's is ranked above it, so
+  ``rank_k = k + #{negatives scoring >= its score}`` (ties among positives change no metric).
+
+Queries without tied positives take the fast vectorised path under both policies; a query where a
+positive ties another item is scored exactly, tie group by tie group (``expected``). ``MedR`` is
+then the median of the queries' expected first ranks.
 
 - ``R@k`` (any-hit, CLIP_benchmark and the papers): 1 if ``rank_1 <= k``, averaged over queries.
 - ``fracR@k``: the fraction of the query's positives in the top k (TAO's code's "recall").
@@ -20,8 +29,8 @@ query's k-th best positive, so ``rank_k = k + #{negatives scoring >= its score}`
 - ``mAP``: mean over queries of AP = ``mean_k(k / rank_k)``.
 - ``MedR`` / ``MeanR``: median / mean of ``rank_1`` (lower is better).
 - ``AUC``: per-query ROC AUC, averaged over queries: the fraction of (positive, negative) pairs
-  where the positive scores strictly higher (Mann-Whitney U / (n_pos * n_neg); ties count 0,
-  consistent with the rank rule). 1.0 for perfect retrieval, about 0.5 for random scores; equal
+  where the positive scores strictly higher (Mann-Whitney U / (n_pos * n_neg); a tie counts ½
+  under ``expected``, 0 under ``pessimistic``). 1.0 for perfect retrieval, about 0.5 for random scores; equal
   to ``sklearn.metrics.roc_auc_score`` whenever no negative ties a positive. Queries whose
   gallery holds no negative are left out of ``AUC`` only.
 
@@ -36,14 +45,16 @@ are computed once per direction (two matrix products) so that a query's positive
 scores always come from the same computation and exact ties stay exact. Scores are computed with
 ``torch`` on the embeddings' device; counting runs on the CPU.
 
-**Classification** (:func:`classification_metrics`): top-k accuracy with the same pessimistic
-tie rule (an image is correct at k when fewer than k other classes score >= its true class),
-and per-class accuracy.
+**Classification** (:func:`classification_metrics`): top-k accuracy under the same tie policy
+(``pessimistic``: correct at k when fewer than k other classes score >= the true class;
+``expected``: the probability that a random order of the tied classes puts it in the top k), and
+per-class accuracy.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from math import comb
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +62,8 @@ import torch
 from core.errors import DataError
 
 KS = (1, 5, 10)
+TIE_POLICIES = ("expected", "pessimistic")
+TiePolicy = Literal["expected", "pessimistic"]
 DIRECTIONS = ("i2t", "t2i")
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 SORT_ABOVE = 12        # more positives than this in one query: count by sorting the row instead
@@ -58,7 +71,8 @@ _BYTES_PER_SCORE = 5   # a float32 score plus a bool comparison mask
 
 
 def retrieval_metrics(image_embeddings, text_embeddings, caption_image, *, image_group=None,
-                      ks: Sequence[int] = KS, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, float]:
+                      ks: Sequence[int] = KS, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      tie_policy: TiePolicy = "expected") -> dict[str, float]:
     """Bidirectional retrieval metrics (module docstring) under ``{i2t,t2i}_{R@k,fracR@k,mAP,
     MedR,MeanR,AUC}`` keys, plus ``{dir}_queries`` and ``{dir}_queries_without_positive``.
 
@@ -79,13 +93,14 @@ def retrieval_metrics(image_embeddings, text_embeddings, caption_image, *, image
     image_label = np.arange(n) if image_group is None else _int_array(image_group, n, "image_group")
     text_label = image_label[caption_image]
     out: dict[str, float] = {}
-    out.update(_direction("i2t", images, texts, image_label, text_label, ks, chunk_bytes))
-    out.update(_direction("t2i", texts, images, text_label, image_label, ks, chunk_bytes))
+    out.update(_direction("i2t", images, texts, image_label, text_label, ks, chunk_bytes, tie_policy))
+    out.update(_direction("t2i", texts, images, text_label, image_label, ks, chunk_bytes, tie_policy))
     return out
 
 
 def classification_metrics(image_embeddings, class_embeddings, labels, *, ks: Sequence[int] = (1, 5),
-                           chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, object]:
+                           chunk_bytes: int = DEFAULT_CHUNK_BYTES, tie_policy: TiePolicy = "expected"
+                           ) -> dict[str, object]:
     """Zero-shot classification: ``top{k}`` accuracy for each ``k`` (capped at the number of
     classes), ``per_class`` accuracy (list, by class index; ``None`` for a class without images)
     and ``mean_per_class`` (mean over classes with images)."""
@@ -97,15 +112,23 @@ def classification_metrics(image_embeddings, class_embeddings, labels, *, ks: Se
     labels = _int_array(labels, n, "labels")
     if labels.min() < 0 or labels.max() >= c:
         raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
-    above = np.empty(n, dtype=np.int64)  # classes other than the true one scoring >= the true one
+    above = np.empty(n, dtype=np.int64)  # classes other than the true one scoring > the true one
+    tied = np.empty(n, dtype=np.int64)   # ... scoring exactly as the true one
     rows = max(1, chunk_bytes // (_BYTES_PER_SCORE * c))
     for start in range(0, n, rows):
         chunk = slice(start, min(start + rows, n))
         scores = _scores(images[chunk], classes)
         true = scores[np.arange(len(scores)), labels[chunk]]
-        above[chunk] = np.count_nonzero(scores >= true[:, None], axis=1) - 1
-    out: dict[str, object] = {f"top{k}": float(np.mean(above < k)) for k in ks if k <= c}
-    hits = np.bincount(labels, weights=(above == 0).astype(float), minlength=c)
+        above[chunk] = np.count_nonzero(scores > true[:, None], axis=1)
+        tied[chunk] = np.count_nonzero(scores == true[:, None], axis=1) - 1
+    if tie_policy == "pessimistic":
+        above, tied = above + tied, np.zeros_like(tied)
+
+    def correct_at(k: int) -> np.ndarray:  # the true class lands at above + U, U uniform on 1..tied+1
+        return np.clip((k - above) / (tied + 1), 0.0, 1.0)
+
+    out: dict[str, object] = {f"top{k}": float(np.mean(correct_at(k))) for k in ks if k <= c}
+    hits = np.bincount(labels, weights=correct_at(1), minlength=c)
     sizes = np.bincount(labels, minlength=c)
     per_class = [float(h / s) if s else None for h, s in zip(hits, sizes)]
     out["per_class"] = per_class
@@ -115,7 +138,8 @@ def classification_metrics(image_embeddings, class_embeddings, labels, *, ks: Se
 
 # --------------------------------------------------------------------------- one direction
 def _direction(name: str, queries: torch.Tensor, gallery: torch.Tensor, query_label: np.ndarray,
-               gallery_label: np.ndarray, ks: Sequence[int], chunk_bytes: int) -> dict[str, float]:
+               gallery_label: np.ndarray, ks: Sequence[int], chunk_bytes: int, tie_policy: TiePolicy
+               ) -> dict[str, float]:
     g = len(gallery)
     order = np.argsort(gallery_label, kind="stable")
     sorted_labels = gallery_label[order]
@@ -124,7 +148,8 @@ def _direction(name: str, queries: torch.Tensor, gallery: torch.Tensor, query_la
     scored = np.flatnonzero(n_pos > 0)
     n_neg = g - n_pos[scored]
 
-    rank1 = np.empty(len(scored), dtype=np.int64)
+    rank1 = np.empty(len(scored), dtype=np.float64)
+    recall = np.empty((len(ks), len(scored)))
     ap = np.empty(len(scored))
     auc = np.full(len(scored), np.nan)
     frac = np.empty((len(ks), len(scored)))
@@ -152,8 +177,19 @@ def _direction(name: str, queries: torch.Tensor, gallery: torch.Tensor, query_la
         auc[chunk] = np.where(has_neg, auc_sum / counts, np.nan)
         for i, k in enumerate(ks):
             frac[i, chunk] = np.bincount(row, weights=(rank <= k).astype(float), minlength=len(idx)) / counts
+            recall[i, chunk] = rank1[chunk] <= k
+        if tie_policy == "expected":
+            strict = _count_at_least(scores, row, within, np.nextafter(pos_score, np.inf), int(counts.max()))
+            tied_rows = np.unique(row[strict != above])  # a negative ties a positive (positives alone change nothing)
+            for r in tied_rows:
+                pairs = slice(offsets[r], offsets[r] + counts[r])
+                negatives = scores[r][np.isfinite(scores[r])]
+                q = start + r
+                rank1[q], ap[q], auc[q], expected_recall, expected_frac = _expected_query(
+                    pos_score[pairs], negatives, ks)
+                recall[:, q], frac[:, q] = expected_recall, expected_frac
 
-    out = {f"{name}_R@{k}": float(np.mean(rank1 <= k)) for k in ks}
+    out = {f"{name}_R@{k}": float(recall[i].mean()) for i, k in enumerate(ks)}
     out.update({f"{name}_fracR@{k}": float(frac[i].mean()) for i, k in enumerate(ks)})
     out[f"{name}_mAP"] = float(ap.mean())
     out[f"{name}_MedR"] = float(np.median(rank1))
@@ -162,6 +198,37 @@ def _direction(name: str, queries: torch.Tensor, gallery: torch.Tensor, query_la
     out[f"{name}_queries"] = len(scored)
     out[f"{name}_queries_without_positive"] = len(query_label) - len(scored)
     return out
+
+
+def _expected_query(positives: np.ndarray, negatives: np.ndarray, ks: Sequence[int]):
+    """One query's metrics in expectation over a uniformly random order of tied items: expected first
+    rank, expected AP, AUC (ties ½), and per ``k`` the any-hit recall and the fraction of positives in
+    the top k. Tie groups are walked best first; a group of ``n`` items holding ``p`` positives starts
+    after ``before`` items, ``found`` of them positives."""
+    scores = np.concatenate([positives, negatives])
+    is_pos = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    values, group = np.unique(-scores, return_inverse=True)  # groups by descending score
+    sizes = np.bincount(group, minlength=len(values))
+    pos_in = np.bincount(group, weights=is_pos, minlength=len(values)).astype(int)
+    n_pos, n_neg = len(positives), len(negatives)
+    before = found = 0
+    rank1 = None
+    recall, frac = np.zeros(len(ks)), np.zeros(len(ks))
+    ap = auc = 0.0
+    for n, p in zip(sizes, pos_in):
+        if p:
+            if rank1 is None:  # the first positive is the first of p among n in random order
+                rank1 = before + (n + 1) / (p + 1)
+                recall = np.array([0.0 if k <= before else 1.0 - comb(n - p, min(k - before, n))
+                                   / comb(n, min(k - before, n)) for k in ks])
+            frac += p * np.clip((np.asarray(ks) - before) / n, 0.0, 1.0)
+            for j in range(1, p + 1):  # the j-th positive of the group sits at position i with this probability
+                ap += sum((found + j) / (before + i) * comb(i - 1, j - 1) * comb(n - i, p - j)
+                          for i in range(j, n - p + j + 1)) / comb(n, p)
+            auc += p * (n_neg - (before - found) - (n - p) / 2)  # negatives below, ties half
+        before, found = before + n, found + p
+    auc = auc / (n_pos * n_neg) if n_neg else np.nan
+    return rank1, ap / n_pos, auc, recall, frac / n_pos
 
 
 def _count_at_least(scores: np.ndarray, row: np.ndarray, within: np.ndarray, threshold: np.ndarray,

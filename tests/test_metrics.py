@@ -101,10 +101,10 @@ def test_ties_are_pessimistic_and_match_reference():
     texts = rng.choice([-0.5, 0.5], size=(60, 4)).astype(np.float32)
     texts[:30] = images[caption_image[:30]]  # half the captions equal their image
     want = reference(images, texts, caption_image)
-    assert_same(retrieval_metrics(images, texts, caption_image), want)
+    assert_same(retrieval_metrics(images, texts, caption_image, tie_policy="pessimistic"), want)
     # a collapsed model (every score tied) ranks each positive after every negative
     constant = np.tile(np.array([[0.5, 0.5, 0.5, 0.5]], np.float32), (30, 1))
-    got = retrieval_metrics(constant, constant[caption_image], caption_image)
+    got = retrieval_metrics(constant, constant[caption_image], caption_image, tie_policy="pessimistic")
     assert got["t2i_MedR"] == 30 and got["t2i_AUC"] == 0.0 and got["t2i_R@10"] == 0.0
 
 
@@ -112,7 +112,7 @@ def test_hand_computed_case():
     """Image 1's first caption equals image 0's caption: a tied negative for image 0."""
     images = np.array([[1, 0], [0, 1]], np.float32)
     texts = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
-    got = retrieval_metrics(images, texts, [0, 1, 1])
+    got = retrieval_metrics(images, texts, [0, 1, 1], tie_policy="pessimistic")
     # i2t: image 0 -> positive t0 ties with t1: rank 2, AP 1/2, AUC 1/2;
     #      image 1 -> positives t2 (rank 1) and t1 (score 0, tied with t0: rank 3), AP (1 + 2/3)/2
     assert got["i2t_R@1"] == 0.5 and got["i2t_fracR@1"] == 0.25 and got["i2t_fracR@5"] == 1.0
@@ -183,9 +183,10 @@ def test_classification_known_answer_and_ties():
     images = unit(np.array([[1, 0.1, 0, 0], [0.1, 1, 0, 0], [0, 0, 1, 0.2],   # correct
                             [0, 0, 0.2, 1],                                   # class 2 image, wrong
                             [1, 1, 0, 0]], np.float32))                       # class 1, tied with class 0
-    got = classification_metrics(images, classes, [0, 1, 2, 2, 1], ks=(1, 2, 5))
+    got = classification_metrics(images, classes, [0, 1, 2, 2, 1], ks=(1, 2, 5), tie_policy="pessimistic")
     assert got["top1"] == pytest.approx(3 / 5)        # the tie counts against the image
     assert got["top2"] == 1.0 and "top5" not in got   # k above the class count is not reported
     assert got["per_class"] == [1.0, 0.5, 0.5, None]
     assert got["mean_per_class"] == pytest.approx(2 / 3)
-    assert classification_metrics(images, classes, [0, 1, 2, 2, 1], chunk_bytes=1)["per_class"] == got["per_class"]
+    assert classification_metrics(images, classes, [0, 1, 2, 2, 1], chunk_bytes=1,
+                                  tie_policy="pessimistic")["per_class"] == got["per_class"]
