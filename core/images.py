@@ -16,6 +16,7 @@ import warnings
 from typing import IO, Callable, TypeVar
 
 import numpy as np
+import torch
 from PIL import Image
 
 from core.bad_samples import BadSample
@@ -58,8 +59,16 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], max_pixels: int) -
     return image
 
 
-def decoded(fn: Callable[[], T]) -> T:
-    """Run ``fn`` (which decodes pixels), turning decoder failures into :class:`BadSample`."""
+def decoded(fn: Callable[[], T], seed: int | None = None) -> T:
+    """Run ``fn`` (which decodes pixels), turning decoder failures into :class:`BadSample`.
+
+    With ``seed``, the torch RNG that random augmentation draws from is seeded with it for the call
+    (and restored after), so a sample's augmentation depends on the sample alone, not on which
+    worker process decodes it or what it decoded before: resuming mid-epoch is exact."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return decoded(fn)
     try:
         return fn()
     except BadSample:

@@ -79,11 +79,7 @@ class PairDataset(Dataset):
         except OSError as exc:
             raise BadSample("corrupt-image", f"cannot read: {exc}") from None
         opened = open_image(data, self.max_pixels)
-        if seed is None:
-            return decoded(lambda: self.transform(opened))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return decoded(lambda: self.transform(opened))
+        return decoded(lambda: self.transform(opened), seed=seed)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, epoch = item

@@ -5,8 +5,10 @@ counted number); each rank yields :func:`plugins.wds.stream.batches_per_rank` ba
 epoch, so schedules and checkpoints work. Worker processes send chunks of up to a batch of
 decoded samples and this process cuts them into batches (tokenising captions), so a worker's
 quota need not be a multiple of the batch size. ``state_dict()`` holds, per worker, the raw
-position and samples emitted behind the batches consumed so far; a resumed run with the same world size and worker count continues
-exactly there. With a different world size or worker count, shards are assigned differently,
+position and samples emitted behind the batches consumed so far, and which worker's chunk comes
+next; a resumed run with the same world size and worker count continues exactly there (chunk
+boundaries are fixed by each worker's sample count, augmentation is seeded per sample, and the
+loader's round-robin over workers restarts at the saved worker). With a different world size or worker count, shards are assigned differently,
 so the position is restored approximately (the same number of batches remains; a warning says
 so).
 """
@@ -40,6 +42,7 @@ class ShardLoader:
         self.pin_memory = bool(request.config.dataset.pin_memory and torch.cuda.is_available())
         self.num_samples = batches * request.batch_size * request.world_size
         self.epoch, self.position = 0, 0
+        self.next_worker = 0  # whose chunk the batches continue with: the loader serves workers in turn
 
     def __len__(self) -> int:
         return self.batches
@@ -52,10 +55,11 @@ class ShardLoader:
 
     def _reset_workers(self) -> None:
         self.stream.starts = [WorkerStart() for _ in range(self.stream.workers)]
+        self.stream.first_worker = self.next_worker = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch": self.position, "rank": self.rank, "world_size": self.world_size,
-                "num_workers": self.num_workers,
+                "num_workers": self.num_workers, "next_worker": self.next_worker,
                 "workers": [[s.position, s.emitted] for s in self.stream.starts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -65,6 +69,7 @@ class ShardLoader:
             self.rank, self.world_size, self.num_workers)
         if same:
             self.stream.starts = [WorkerStart(int(p), int(e)) for p, e in state["workers"]]
+            self.stream.first_worker = self.next_worker = int(state.get("next_worker", 0))
             return
         # Another layout: continue with the same number of batches, each worker starting as far
         # into its new quota as the consumed share of the epoch.
@@ -125,6 +130,8 @@ class ShardLoader:
             need -= take
         for chunk, _, end in parts:
             self.stream.starts[chunk["worker"]] = WorkerStart(chunk["position"][end - 1], chunk["emitted"][end - 1])
+        last = parts[-1][0]["worker"]
+        self.next_worker = chunks[0][0]["worker"] if chunks else (last + 1) % self.stream.workers
         return {"image": torch.cat([c["image"][a:b] for c, a, b in parts]),
                 "caption": [t for c, a, b in parts for t in c["caption"][a:b]],
                 "key": [k for c, a, b in parts for k in c["key"][a:b]],

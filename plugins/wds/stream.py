@@ -82,6 +82,7 @@ class ShardStream(IterableDataset):
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, max(workers, 1)
         self.epoch = 0
         self.starts = [WorkerStart() for _ in range(self.workers)]
+        self.first_worker = 0  # the worker whose chunk the loader takes first (a resumed epoch's next one)
 
     def plan(self) -> EpochPlan:
         return plan_epoch(self.shards, self.sizes, seed=self.seed, epoch=self.epoch, rank=self.rank,
@@ -92,7 +93,7 @@ class ShardStream(IterableDataset):
         ``image`` stacked, and per sample ``caption``, ``key``, ``bad`` (records met before
         it), ``position`` and ``emitted``; or a final ``{"fatal", "bad"}``."""
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker = ((info.id if info is not None else 0) + self.first_worker) % self.workers
         plan = self.plan()
         chunk: list[dict[str, Any]] = []
         for sample in self._samples(worker, [url for url, _ in plan.shards[worker]], plan.quotas[worker]):
@@ -102,7 +103,7 @@ class ShardStream(IterableDataset):
                 yield {"fatal": sample["fatal"], "bad": sample["bad"]}
                 return
             chunk.append(sample)
-            if len(chunk) == self.chunk:
+            if sample["emitted"] % self.chunk == 0:  # boundaries fixed by the count, so a resumed worker keeps them
                 yield _stack(chunk, worker)
                 chunk = []
         if chunk:
@@ -178,7 +179,9 @@ class ShardStream(IterableDataset):
         captions = parse_captions(text, self.caption_mode)
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{position}")
         opened = open_image(image, self.max_pixels)
-        return {"image": decoded(lambda: self.transform(opened)), "caption": rng.choice(captions), "key": key}
+        caption = rng.choice(captions)
+        return {"image": decoded(lambda: self.transform(opened), seed=rng.getrandbits(63)), "caption": caption,
+                "key": key}
 
 
 def _stack(samples: list[dict[str, Any]], worker: int) -> dict[str, Any]:
