@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
@@ -19,7 +20,10 @@ COMMON = ["train.num_epochs=3", "train.checkpoint_interval_unit=step", "train.ch
 
 
 def _train(spec, results_dir, env, *extra) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "core.train", "--config", str(spec), f"results_dir={results_dir}", *COMMON, *extra]
+    processes = next((int(e.split("=")[1]) for e in extra if e.startswith("train.num_gpus=")), 1)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    cmd = [sys.executable, *launcher, "-m", "core.train", "--config", str(spec), f"results_dir={results_dir}", *COMMON,
+           *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -61,3 +65,41 @@ def test_sigkill_mid_epoch_then_auto_resume_matches_the_uninterrupted_run(tmp_pa
     for key in ("exp_avg", "exp_avg_sq"):
         for name, state_ in expected["optimizer"]["state"].items():
             assert torch.equal(final["optimizer"]["state"][name][key], state_[key]), (name, key)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_wds_with_workers_and_augmentation_resumes_bitwise(tmp_path, processes):
+    """The wds format, 2 loader workers, random augmentation, 1 or 2 processes: SIGKILL after an odd
+    number of steps, resume, and the final weights equal the uninterrupted run's exactly."""
+    from plugins.wds.writer import write_shards
+    from tests.data_support import image_bytes
+    from core.data import RawSample
+
+    plugins = install_test_plugins(tmp_path / "plugins")
+    shards = tmp_path / "shards"
+    write_shards(shards, [RawSample(key=f"s{i:03d}", image=image_bytes(size=(40, 40), seed=i),
+                                    caption=f"caption {i}".encode()) for i in range(70)], shards=4)
+    spec = write_tiny_spec(tmp_path / "tiny.toml", tmp_path / "unused")
+    wds = ["dataset.train.type=wds", f"dataset.train.wds.root_dir={shards}", "dataset.train.wds.samples_per_shard=17",
+           "dataset.train.num_workers=2", "dataset.train.batch_size=6", "dataset.augmentation.scale=[0.3, 1.0]",
+           f"train.num_gpus={processes}"]
+    env = subprocess_env(plugins)
+    env["CLIPCORE_PLUGINS"] += ",wds"
+    reference = _train(spec, tmp_path / "reference", env, *wds)
+    killed = _train(spec, tmp_path / "killed", env, *wds)
+    out = tmp_path / "killed" / "train"
+    deadline = time.monotonic() + 240
+    while not (out / "step_5.pth").exists():
+        assert killed.poll() is None, killed.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the run to kill never reached step 5"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    step = load_checkpoint(out / "latest.pth")["train_state"]["step"]
+    _finish(_train(spec, tmp_path / "killed", env, *wds, "train.resume_training_checkpoint_path=auto"))
+    _finish(reference)
+    final = load_checkpoint(out / "latest.pth")
+    expected = load_checkpoint(tmp_path / "reference" / "train" / "latest.pth")
+    assert 0 < step < final["train_state"]["step"] == expected["train_state"]["step"]
+    for key in expected["model"]:
+        assert torch.equal(final["model"][key], expected["model"][key]), key
