@@ -16,7 +16,6 @@ import warnings
 from typing import IO, Callable, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.bad_samples import BadSample
@@ -66,6 +65,8 @@ def decoded(fn: Callable[[], T], seed: int | None = None) -> T:
     (and restored after), so a sample's augmentation depends on the sample alone, not on which
     worker process decodes it or what it decoded before: resuming mid-epoch is exact."""
     if seed is not None:
+        import torch  # here: the torch-free deploy runner reads images through this module too
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return decoded(fn)

@@ -33,20 +33,25 @@ def _finish(proc: subprocess.Popen) -> str:
     return output
 
 
+def _sigkill_once_written(proc: subprocess.Popen, checkpoint) -> None:
+    """SIGKILL ``proc`` as soon as ``checkpoint`` exists."""
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"the run to kill never wrote {checkpoint.name}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_sigkill_mid_epoch_then_auto_resume_matches_the_uninterrupted_run(tmp_path):
     plugins = install_test_plugins(tmp_path / "plugins")
     spec = write_tiny_spec(tmp_path / "tiny.toml", tmp_path / "unused")
     reference = _train(spec, tmp_path / "reference", subprocess_env(plugins))
     killed = _train(spec, tmp_path / "killed", subprocess_env(plugins, CLIPCORE_TEST_BATCH_DELAY="0.4"))
     out = tmp_path / "killed" / "train"
-    deadline = time.monotonic() + 240
-    while not (out / "step_6.pth").exists():
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "the run to kill never reached step 6"
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    assert killed.returncode == -signal.SIGKILL
+    _sigkill_once_written(killed, out / "step_6.pth")
     state = load_checkpoint(out / "latest.pth")["train_state"]
     assert state["step"] < 3 * STEPS_PER_EPOCH and state["step_in_epoch"] != 0, state  # mid-epoch
 
@@ -88,13 +93,7 @@ def test_wds_with_workers_and_augmentation_resumes_bitwise(tmp_path, processes):
     reference = _train(spec, tmp_path / "reference", env, *wds)
     killed = _train(spec, tmp_path / "killed", env, *wds)
     out = tmp_path / "killed" / "train"
-    deadline = time.monotonic() + 240
-    while not (out / "step_5.pth").exists():
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "the run to kill never reached step 5"
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
+    _sigkill_once_written(killed, out / "step_5.pth")
     step = load_checkpoint(out / "latest.pth")["train_state"]["step"]
     _finish(_train(spec, tmp_path / "killed", env, *wds, "train.resume_training_checkpoint_path=auto"))
     _finish(reference)
