@@ -35,10 +35,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from core.bad_samples import BadSample
 from core.errors import ClipcoreError, DataError
-from core.images import decoded, open_image, to_rgb
+from core.images import IMAGE_EXTENSIONS, decoded, open_image, to_rgb
 from core.transforms import eval_transform
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 class Encoder(Protocol):
@@ -130,11 +129,11 @@ def _open_runner(kind: str, path: str, key: str):
 
 # --------------------------------------------------------------------------- images on disk
 def list_images(folder: str | Path, *, key: str) -> list[Path]:
-    """Image files under ``folder`` (recursive; ``IMAGE_SUFFIXES`` in any case), sorted by path."""
+    """Image files under ``folder`` (recursive; ``IMAGE_EXTENSIONS`` in any case), sorted by path."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist", where=key, fix="point it at a folder of images")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def path_loader(paths: Sequence[str | Path], transform: Callable[[Image.Image], Any], *,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from core.bad_samples import BadSample
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # the one list: datasets and inference
 T = TypeVar("T")
 
 

@@ -40,6 +40,7 @@ from core.bad_samples import BadSampleLog
 from core.distributed import World
 from core.embed import Encoder, Shard, image_batches, list_images, path_loader, progress_bar, text_batches
 from core.errors import DataError
+from core.images import IMAGE_EXTENSIONS
 
 IMAGE_FILE, TEXT_FILE = "image_embeddings.h5", "text_embeddings.h5"
 SKIPPED_FILE = "skipped.jsonl"
@@ -71,7 +72,7 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
              for p in list_images(entry.image_dir, key=f"inference.datasets.{i}.image_dir")]
     if inf.datasets and not paths:
         raise DataError("no images found in inference.datasets", where="inference.datasets",
-                        fix="point image_dir at folders with .jpg/.jpeg/.png/.bmp/.gif/.webp files")
+                        fix="point image_dir at folders with " + "/".join(IMAGE_EXTENSIONS) + " files")
     provenance = provenance_attrs(cfg, encoder)
     written = []
     with progress_bar(world.is_main) as progress:

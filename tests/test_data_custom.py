@@ -146,10 +146,10 @@ def test_missing_image_dir_is_a_clear_error(tmp_path):
 
 def test_no_images_is_a_clear_error(tmp_path):
     (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "a.gif").write_bytes(b"GIF89a")
+    (tmp_path / "images" / "a.tiff").write_bytes(b"II*\0")
     with pytest.raises(DataError) as err:
         build(request(config(DatasetEntry(image_dir=str(tmp_path / "images")))))
-    assert "no images found" in str(err.value) and ".jpg .jpeg .png .webp .bmp" in str(err.value)
+    assert "no images found" in str(err.value) and ".jpg .jpeg .png .bmp .gif .webp" in str(err.value)
 
 
 def test_no_datasets_is_a_clear_error():
