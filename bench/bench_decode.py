@@ -9,7 +9,7 @@ normalised 256x256 training tensor with
 
 - open_clip's train transform (``open_clip.transform.image_transform(is_train=True)``:
   PIL decode, torchvision RandomResizedCrop (bicubic), convert to RGB, ToTensor, Normalize), and
-- clipcore's (``core.transforms.train_transform``: the same crop sampling, the JPEG decoded at
+- clipcore's (``core.runtime.transforms.train_transform``: the same crop sampling, the JPEG decoded at
   reduced scale when the crop allows it, one resize over the crop box, one-pass normalisation),
 
 both in this process with one thread, without colour jitter (it is the same code on both sides),
@@ -37,9 +37,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from core.backbone import PreprocessSpec
-from core.config import AugmentationConfig
+from core.spec.config import AugmentationConfig
 from core.images import open_image
-from core.transforms import resized_crop, train_transform
+from core.runtime.transforms import resized_crop, train_transform
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP's
 

@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     rounds = protocol.Rounds.from_args(args)
 
-    from core.build import build_model
-    from core.config import ExperimentConfig
+    from core.runtime.build import build_model
+    from core.spec.config import ExperimentConfig
     from deploy.onnxruntime_runner import open_runner
     from exporters.onnx.export import export_onnx
 

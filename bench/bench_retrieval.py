@@ -92,7 +92,7 @@ def naive_metrics(images, texts, caption_image, ks=(1, 5, 10)) -> dict[str, floa
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from core.metrics import retrieval_metrics
+    from core.eval.metrics import retrieval_metrics
 
     torch.set_grad_enabled(False)
     images, texts, caption_image = make_data(args.images, args.captions, args.dim, args.seed)

@@ -4,7 +4,7 @@
     python bench/bench_train.py                  # clipcore-demo-tiny, 2048 demo pairs, batch 64, fp32
     python bench/bench_train.py --n 4096 --batch 128 --epochs 3
 
-The data is the demo scenes (``core.demo_data``) with one caption per image, written both as a
+The data is the demo scenes (``core.cli.demo_data``) with one caption per image, written both as a
 custom-format folder (clipcore) and as the CSV that ``open_clip_train`` reads. Both loops run the
 ``clipcore-demo-tiny`` open_clip architecture from scratch with the CLIP loss, AdamW (lr 1e-3,
 wd 0.1, betas 0.9/0.98, eps 1e-6, 10 warmup steps), the same augmentation (random resized crop
@@ -36,7 +36,7 @@ LR, WD, WARMUP, BETAS, EPS = 1e-3, 0.1, 10, (0.9, 0.98), 1e-6
 
 def write_data(out: Path, n: int) -> tuple[Path, Path, Path]:
     """``n`` demo pairs as images/ + captions/ (one caption per image) and a CSV of the same."""
-    from core.demo_data import sample
+    from core.cli.demo_data import sample
 
     images, captions, table = out / "images", out / "captions", out / "train.csv"
     if table.is_file() and len(table.read_text().splitlines()) == n + 1:
@@ -61,8 +61,8 @@ def write_data(out: Path, n: int) -> tuple[Path, Path, Path]:
 # --------------------------------------------------------------------------- children
 def run_core(args) -> list[float]:
     """Train with clipcore; return each epoch's wall time."""
-    from core.spec import load_config
-    from core.train import Trainer
+    from core.spec.load import load_config
+    from core.train.trainer import Trainer
 
     data = Path(args.workdir) / "data"
     overrides = [

@@ -1,10 +1,70 @@
 """clipcore: a plugin-registry framework for CLIP-family image-text models.
 
-``core`` holds the contracts (``hookspecs``, ``backbone``, ``loss``, ``data``, ``export``), the
-config schema, the plugin registry, the generic loops and the CLI. Model families, losses,
-dataset formats, exporters and engine builders are plugins (see ``core plugins``).
+This package's top level is the plugin API: everything a plugin (built-in or third-party) may use
+is listed in ``__all__`` and imported as ``from core import Name``; :mod:`core.testing` is the
+conformance kit. The subpackages are internal and may change: :mod:`core.spec` (the experiment
+spec), :mod:`core.runtime` (model building, checkpoints, processes, transforms), :mod:`core.eval`
+(embedding and metrics), :mod:`core.train` (the training engine) and :mod:`core.cli` (commands).
+``docs/plugins.md`` is the guide.
+
+Names are imported on first use, so ``import core`` stays light (the deploy runners use the
+torch-free part of the API without importing torch).
 """
 
-from core.hookspecs import hookimpl
+from __future__ import annotations
 
-__all__ = ["hookimpl"]
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it.
+_HOME = {
+    # hooks and registration
+    "hookimpl": "core.hookspecs",
+    "ConfigSection": "core.registry", "lazy": "core.registry",
+    # errors
+    "ClipcoreError": "core.errors", "ConfigError": "core.errors", "DataError": "core.errors",
+    "PluginError": "core.errors",
+    # declaring config fields
+    "opt": "core.fields", "Rule": "core.fields", "InvalidValue": "core.fields", "at_least": "core.fields",
+    "above": "core.fields",
+    # backbone contract
+    "BackboneFamily": "core.backbone", "ClipModel": "core.backbone", "PreprocessSpec": "core.backbone",
+    "TextSpec": "core.backbone", "Tokenizer": "core.backbone", "init_logit_params": "core.backbone",
+    # loss contract
+    "LossSpec": "core.loss",
+    # dataset-format contract and the helpers loaders share
+    "DatasetFormat": "core.data", "DataRequest": "core.data", "BatchLoader": "core.data",
+    "RetrievalSet": "core.data", "RawSample": "core.data", "DatasetEntry": "core.data",
+    "collate_samples": "core.batching", "finish_batch": "core.batching", "worker_seeds": "core.batching",
+    "check_global_batch": "core.batching", "too_many_bad": "core.batching", "MAX_CONSECUTIVE_BAD": "core.batching",
+    "BadSample": "core.bad_samples", "BadSampleLog": "core.bad_samples",
+    "open_image": "core.images", "decoded": "core.images", "to_rgb": "core.images",
+    "IMAGE_EXTENSIONS": "core.images", "parse_captions": "core.captions",
+    # preprocessing rules (torch-free)
+    "canonicalize_text": "core.preprocess", "SidecarTokenizer": "core.preprocess", "preprocess_images": "core.preprocess",
+    "eval_box": "core.preprocess",
+    # exporter / engine-builder contracts and the export artifact (sidecar) contract
+    "Exporter": "core.exporter", "EngineBuilder": "core.exporter", "Runner": "core.exporter",
+    "artifact": "core.artifact",
+    # weights
+    "load_model_weights": "core.weights", "load_checkpoint": "core.weights", "init_logit_values": "core.weights",
+    "read_weights_file": "core.weights", "load_torch_file": "core.weights", "load_hf": "core.weights",
+    "hf_cache_dir": "core.weights", "hf_offline": "core.weights", "looks_like_path": "core.weights",
+    "missing_weights_error": "core.weights", "WEIGHT_SUFFIXES": "core.weights",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r} (the plugin API is core.__all__)")
+    module = importlib.import_module(home)
+    value = module if home.rpartition(".")[2] == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -7,7 +7,6 @@ open_clip's ``CLIP`` (``encode_image`` / ``encode_text`` / ``get_logits`` / ``lo
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import attrs
@@ -194,28 +193,24 @@ def init_logit_params(scale: float, bias: float | None) -> tuple[nn.Parameter, n
             None if bias is None else nn.Parameter(torch.tensor(float(bias))))
 
 
-LN_10 = math.log(10.0)
-LN_INV_007 = math.log(1 / 0.07)
-
-
 @attrs.frozen(kw_only=True)
 class BackboneFamily:
     """What ``register_backbones`` registers: one model family and the ``model.type`` names it builds.
 
-    - ``name``: the family's name (``siglip2``); unique across plugins.
+    - ``name``: the family's name (``mine``); unique across plugins.
     - ``types``: the exact ``model.type`` names it builds.
     - ``build(cfg) -> ClipModel``: builds the model for ``cfg.model.type`` from the whole
-      :class:`core.config.ExperimentConfig`. ``cfg.model.pretrained`` says where weights come from
+      :class:`core.spec.config.ExperimentConfig`. ``cfg.model.pretrained`` says where weights come from
       (``True``: the type's published weights, found offline first; ``False``: random init with
       ``cfg.model.init_logit_*``; a string: a local path, HF id or open_clip tag). Missing weights raise
       :class:`core.errors.ClipcoreError` naming every place looked and the ways to provide them.
     - ``tiny(model_type) -> ClipModel``: a random-weight model of that type's architecture at a tiny
       size (CPU forward well under a second), used by the conformance kit.
-    - ``matches(model_type) -> bool``: optional, for open-ended names (``openclip:ViT-B-32``).
+    - ``matches(model_type) -> bool``: optional, for open-ended names (``mine:<variant>``).
     - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
     - ``check(cfg)``: optional family-specific cross-field rules, run up front by
-      :func:`core.spec.check` for every action that builds the model (e.g. RADIO needs
-      ``model.adaptor_name``); raise :class:`core.errors.ConfigError` naming the key and the fix.
+      :func:`core.spec.load.check` for every action that builds the model (e.g. a family
+      with several text adaptors needs ``model.adaptor_name``); raise :class:`core.errors.ConfigError` naming the key and the fix.
     """
 
     name: str

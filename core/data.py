@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, Sequence
 
 import attrs
 import torch
+from attrs import field
+
+from core.bad_samples import BadSampleLog
+from core.backbone import Tokenizer
+from core.fields import opt
+
+if TYPE_CHECKING:  # the spec is built on this contract, not the other way round
+    from core.spec.config import ExperimentConfig
+
+
+@attrs.define(kw_only=True, slots=True)
+class DatasetEntry:
+    """One ``[[dataset.train.datasets]]`` / ``[[dataset.val.datasets]]`` table (TAO's fields)."""
+
+    image_dir: str = field(metadata={"help": "Folder (or .tar/.tar.gz) of images, searched recursively."})
+    image_list_file: str | None = opt(None, "File listing images relative to image_dir, one per line.")
+    caption_dir: str | None = opt(None, "Folder (or .tar/.tar.gz) of captions; unset: beside the images.")
+    caption_file_suffix: str = opt(".txt", "Caption file = <image stem><suffix>.")
+    caption_mode: Literal["file", "lines"] = opt(
+        "file", "file: the whole file is one caption; lines: each non-empty line is a caption.")
 
 
 @attrs.frozen(kw_only=True)
@@ -18,15 +38,15 @@ class DataRequest:
     ``dataset.on_bad_sample``.
     """
 
-    config: Any                      # core.config.ExperimentConfig
+    config: ExperimentConfig
     transform: Callable[[Any], torch.Tensor]
-    tokenizer: Any                   # core.backbone.Tokenizer
+    tokenizer: Tokenizer
     batch_size: int
     rank: int = 0
     world_size: int = 1
     seed: int = 0
     num_workers: int = 0
-    bad_samples: Any = None          # a bad-sample log from the data layer
+    bad_samples: BadSampleLog | None = None
     results_dir: str | None = None
 
 
@@ -69,8 +89,8 @@ class RetrievalSet:
 class RawSample:
     """One sample as files hold it, for :attr:`DatasetFormat.write`: ``image`` is the image
     file's bytes (``image_suffix`` its extension, e.g. ``.png``) and ``caption`` the caption
-    file's bytes (UTF-8 text; one caption per line in ``lines`` caption mode). Bytes, not
-    decoded objects, so tests can write corrupt samples too."""
+    file's bytes (UTF-8 text, one caption per line). Bytes, not decoded objects, so tests can
+    write corrupt samples too."""
 
     key: str
     image: bytes
@@ -88,9 +108,13 @@ class DatasetFormat:
       ``dataset.val``. Formats without it cannot be used for validation.
     - ``write(folder, samples, config)``: writes :class:`RawSample` s in this format under
       ``folder`` and points ``config.dataset.train`` (and ``dataset.val`` when the format has
-      ``retrieval``) at them, returning the config. ``core demo-data`` and the conformance kit
+      ``retrieval``; its own sections in ``config.plugins``) at them with absolute paths, each
+      caption line read as one caption, returning the config. ``core demo-data`` and the conformance kit
       (:mod:`core.testing.data_checks`) use it; the kit cannot check a format without it.
     - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
+    - ``check(cfg)``: optional rules for ``dataset.train`` when this format reads it (run up front by
+      ``core validate`` and every action); raise :class:`core.errors.ConfigError` naming the key and
+      the fix. Path fields of its sections (``opt(..., path="dir")``) are checked by core.
     """
 
     name: str
@@ -99,3 +123,4 @@ class DatasetFormat:
     write: Callable[[Any, Sequence[RawSample], Any], Any] | None = None
     description: str = ""
     config_sections: tuple[Any, ...] = ()
+    check: Callable[[Any], None] | None = None

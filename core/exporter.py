@@ -10,7 +10,7 @@ import numpy as np
 
 
 class Runner(Protocol):
-    """A deployed model (ONNX Runtime session, TensorRT engine) that computes embeddings.
+    """A deployed model (an ONNX Runtime session, an engine) that computes embeddings.
 
     ``has_vision`` / ``has_text`` say which towers are loaded. ``encode_images(images)`` takes
     image paths or PIL images (preprocessed from the sidecars alone) or an already preprocessed
@@ -38,6 +38,7 @@ class Exporter:
     - ``suffixes``: file suffixes of its artifacts (``.onnx``).
     - ``open_runner(path) -> Runner``: optional; loads an artifact (or the base path of a separate
       export) for deploy-time evaluate/inference.
+    - ``config_sections``, ``check(cfg)``: as on :class:`core.data.DatasetFormat`, for ``core export``.
     """
 
     name: str
@@ -46,18 +47,21 @@ class Exporter:
     open_runner: Callable[[Path], Runner] | None = None
     description: str = ""
     config_sections: tuple[Any, ...] = ()
+    check: Callable[[Any], None] | None = None
 
 
 @attrs.frozen(kw_only=True)
 class EngineBuilder:
     """What ``register_engine_builders`` registers.
 
-    - ``name``: the builder's name (``tensorrt``); unique across plugins.
+    - ``name``: the builder's name (``mine``); unique across plugins.
     - ``unavailable() -> str | None``: why it cannot run on this machine (library or GPU
       missing), or ``None``.
     - ``build(cfg) -> list[Path]``: builds engines as ``cfg.gen_trt_engine`` asks (both towers
       for a separate export's base path) and copies the sidecars beside them.
     - ``suffixes``: engine file suffixes; ``open_runner(path) -> Runner`` loads one.
+    - ``config_sections``, ``check(cfg)``: as on :class:`core.data.DatasetFormat`, for ``core
+      gen_trt_engine`` (checked on any machine, before ``unavailable()``).
     """
 
     name: str
@@ -67,3 +71,4 @@ class EngineBuilder:
     open_runner: Callable[[Path], Runner] | None = None
     description: str = ""
     config_sections: tuple[Any, ...] = ()
+    check: Callable[[Any], None] | None = None

@@ -16,7 +16,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 class LossSpec:
     """A contrastive loss, selected by ``train.loss_type``.
 
-    - ``name``: the value of ``train.loss_type`` (``siglip``, ``clip``); unique across plugins.
+    - ``name``: the value of ``train.loss_type`` (``mine``); unique across plugins.
     - ``build(cfg) -> nn.Module``: from the whole experiment config. The module is called as
       ``loss(image_features, text_features, logit_scale, logit_bias)`` with this rank's L2-normalised
       ``[B, D]`` features (``B`` equal on every rank), the exponentiated scale (0-d tensor) and the
@@ -29,7 +29,7 @@ class LossSpec:
         features)`` and the logit parameters get ``∂loss_r/∂(scale, bias)``, so after DDP/FSDP
         *average* the parameter gradients over ranks they equal the single-process gradients
         exactly. The trainer therefore backpropagates the returned loss as is: no multiplication
-        or division by the world size (nor by the accumulation steps, see :mod:`core.accumulate`).
+        or division by the world size (nor by the accumulation steps, see :mod:`core.train.accumulate`).
     - ``init_logit_scale`` / ``init_logit_bias``: log-space scale and bias for models started from
       scratch with this loss (``model.init_logit_*`` unset).
     - ``identity_value(batch, scale, bias) -> float``: the exact loss for ``batch`` matched pairs

@@ -36,11 +36,19 @@ ENV_BLOCK = "CLIPCORE_DISABLE_PLUGINS"
 
 @attrs.frozen
 class ConfigSection:
-    """A config table owned by a plugin: ``path`` is its dotted location (``model.radio``) and
-    ``cls`` the attrs class it is structured into (all fields with defaults)."""
+    """A config table owned by a plugin: ``path`` is its dotted location (``model.mine``, or under any
+    core table, e.g. ``dataset.train.mine``) and ``cls`` the attrs class it is structured into (all
+    fields with defaults, declared with :func:`core.fields.opt`). The first line of the class's
+    docstring is the table's comment in ``core get-spec``. Read it with :meth:`of`."""
 
     path: str
     cls: type
+
+    def of(self, cfg: Any) -> Any:
+        """This section's values in a loaded config: ``cfg.plugins[path]``, or the defaults when the
+        config was built without it (``ExperimentConfig()`` in code)."""
+        value = getattr(cfg, "plugins", {}).get(self.path)
+        return self.cls() if value is None else value
 
 
 class lazy:

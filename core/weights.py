@@ -1,5 +1,6 @@
-"""Where a backbone's weights come from: logit initialisation, safe reading of weight files,
-and the one error raised when weights cannot be found.
+"""Where a backbone's weights come from: logit initialisation, safe reading of weight files and of
+clipcore checkpoints, strict loading into a model, and the one error raised when weights cannot be
+found.
 
 Backbone plugins use these helpers so that every family reports missing weights, unsafe files
 and foreign checkpoints the same way.
@@ -17,20 +18,20 @@ from typing import Any, Callable, Sequence, TypeVar
 import attrs
 import torch
 
-from core.backbone import LN_10
 from core.errors import ClipcoreError
 
 T = TypeVar("T")
-DEFAULT_INIT_LOGIT_SCALE = LN_10
+FORMAT = "clipcore"  # the marker of a clipcore checkpoint: {"format": FORMAT, "version": VERSION, ...}
+VERSION = 1
 
 
 def init_logit_values(cfg: Any) -> tuple[float, float | None]:
     """Logit scale (log space) and bias for a model that starts from scratch, as core resolved them
-    before ``build()`` (see :mod:`core.build`): a bias of ``None`` means the model has none, unless
-    its pretrained weights bring one."""
-    scale = cfg.model.init_logit_scale
-    return float(DEFAULT_INIT_LOGIT_SCALE if scale is None else scale), (
-        None if cfg.model.init_logit_bias is None else float(cfg.model.init_logit_bias))
+    before ``build()`` from the spec and the loss (:mod:`core.runtime.build`): a bias of ``None``
+    means the model has none, unless its pretrained weights bring one. A scale left unset (no loss
+    declares one) is 0 (a multiplier of 1)."""
+    scale, bias = cfg.model.init_logit_scale, cfg.model.init_logit_bias
+    return float(0.0 if scale is None else scale), None if bias is None else float(bias)
 
 
 def hf_offline() -> bool:
@@ -177,7 +178,7 @@ def read_weights_file(path: str | os.PathLike, *, key: str = "model.pretrained")
             raise ClipcoreError(f"cannot read safetensors file {path}: {exc}", where=key,
                                 fix="the file is corrupt or not a safetensors file") from None
     obj = load_torch_file(path, where=key)
-    if isinstance(obj, dict) and obj.get("format") == "clipcore":
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return WeightsFile(path, obj["model"], obj.get("model_type"))
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -193,3 +194,53 @@ def _strip_module(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     if state_dict and all(k.startswith("module.") for k in state_dict):
         return {k[len("module."):]: v for k, v in state_dict.items()}
     return dict(state_dict)
+
+
+# --------------------------------------------------------------------------- clipcore checkpoints
+def load_checkpoint(path: str | os.PathLike, *, key: str = "checkpoint") -> dict[str, Any]:
+    """Read a clipcore checkpoint with ``torch.load(weights_only=True)``.
+
+    ``key`` names the config key the path came from, for error messages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClipcoreError(f"checkpoint not found: {path}", where=key,
+                            fix="point it at an existing clipcore checkpoint (.pth)")
+    ckpt = load_torch_file(path, where=key)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ClipcoreError(f"{path} is not a clipcore checkpoint (no format={FORMAT!r} marker)", where=key,
+                            fix="use a checkpoint written by `core train`, or set model.pretrained to "
+                                "load published weights")
+    return ckpt
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, *, key: str,
+                       checkpoint: dict[str, Any] | None = None, keep_initial_bias: bool = False) -> dict[str, Any]:
+    """Load a clipcore checkpoint's weights into ``model``, refusing one saved for another type.
+
+    ``checkpoint`` is the file's content when the caller read it already. ``keep_initial_bias``
+    (training with a loss that adds a bias) lets a file without ``logit_bias`` keep the model's."""
+    ckpt = load_checkpoint(path, key=key) if checkpoint is None else checkpoint
+    saved_type, model_type = ckpt.get("model_type"), getattr(model, "model_type", None)
+    if saved_type != model_type:
+        raise ClipcoreError(
+            f"{path} was saved for model type {saved_type!r}, but model.type is {model_type!r}",
+            where=key, fix=f"set model.type = {saved_type!r}, or use a checkpoint of {model_type!r}")
+    fix = "check that the checkpoint and the model config (size, adaptor, image size) belong together"
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as exc:  # size mismatches, reported by torch one per line
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ClipcoreError(f"{path} does not match the {model_type} architecture built from the config: "
+                            + ("; ".join(mismatches[:3]) or str(exc).splitlines()[0]), where=key, fix=fix) from None
+    if keep_initial_bias:
+        missing = [k for k in missing if k != "logit_bias"]
+    if "logit_bias" in missing + unexpected:
+        fix = ("a logit bias comes with the loss: train.loss_type must be the loss the checkpoint was trained with "
+               "(sigmoid losses train a bias, softmax ones do not)")
+    if missing or unexpected:
+        raise ClipcoreError(
+            f"{path} does not match the {model_type} architecture: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})",
+            where=key, fix=fix)
+    return ckpt

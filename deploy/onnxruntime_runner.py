@@ -14,9 +14,8 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from core.errors import ClipcoreError
+from core import ClipcoreError, artifact
 from deploy.runner import EmbeddingRunner
-from deploy.sidecar import check_external_data, locate
 
 SUFFIXES = (".onnx",)
 
@@ -51,8 +50,8 @@ class OrtGraph:
 def open_runner(path: str | Path, *, providers: Sequence[str] | None = None, batch_size: int | None = None,
                 threads: int | None = None, key: str = "onnx_file") -> EmbeddingRunner:
     """A runner over an exported ONNX model (file or separate-export base path)."""
-    artifacts = locate(path, SUFFIXES, key=key)
+    artifacts = artifact.locate(path, SUFFIXES, key=key)
     for file in artifacts.files.values():
-        check_external_data(file, artifacts.deploy)
+        artifact.check_external_data(file, artifacts.deploy)
     providers = list(providers) if providers else default_providers()
     return EmbeddingRunner(artifacts, lambda file: OrtGraph(file, providers, threads), batch_size=batch_size)

@@ -13,10 +13,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from core.errors import ClipcoreError
-from deploy.preprocess import preprocess
-from deploy.sidecar import Artifacts
-from deploy.textprep import SidecarTokenizer
+from core import ClipcoreError, SidecarTokenizer, artifact, preprocess_images
 
 IMAGE, INPUT_IDS, ATTENTION_MASK = "image", "input_ids", "attention_mask"
 OUTPUTS = {"vision": "image_embedding", "text": "text_embedding"}
@@ -44,7 +41,7 @@ class EmbeddingRunner:
     (the graph's maximum, else :data:`DEFAULT_BATCH`).
     """
 
-    def __init__(self, artifacts: Artifacts, open_graph: Callable[[Path], Graph], *, batch_size: int | None = None):
+    def __init__(self, artifacts: artifact.Artifacts, open_graph: Callable[[Path], Graph], *, batch_size: int | None = None):
         self.artifacts = artifacts
         self.deploy = artifacts.deploy
         self._open_graph = open_graph
@@ -69,7 +66,7 @@ class EmbeddingRunner:
         arrays, or of image paths / PIL images preprocessed from the sidecar."""
         spec = self.deploy["preprocess"]
         if not isinstance(images, np.ndarray):
-            return self._run_chunks("vision", len(images), lambda s: {IMAGE: preprocess(images[s], spec)})
+            return self._run_chunks("vision", len(images), lambda s: {IMAGE: preprocess_images(images[s], spec)})
         expected = (3, spec["height"], spec["width"])
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ClipcoreError(f"images have shape {tuple(images.shape)}, the model takes [N, {', '.join(map(str, expected))}]",

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import hookimpl
-from core.backbone import LN_INV_007
-from core.loss import LossSpec
+from core import LossSpec, hookimpl
 from losses._distributed import all_gather_with_grad, world
+
+INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's init: temperature 0.07
 
 
 class ClipLoss(nn.Module):
@@ -58,6 +58,6 @@ def build(cfg) -> ClipLoss:
 @hookimpl
 def register_losses(register):
     register(LossSpec(
-        name="clip", build=build, init_logit_scale=LN_INV_007, init_logit_bias=None,
+        name="clip", build=build, init_logit_scale=INIT_LOGIT_SCALE, init_logit_bias=None,
         identity_value=identity_value,
         description="Softmax InfoNCE (CLIP), local B×N logits with gather-with-grad across ranks."))

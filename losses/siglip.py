@@ -29,33 +29,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from core import hookimpl
-from core.backbone import LN_10
-from core.errors import ConfigError
-from core.loss import LossSpec
-from core.registry import ConfigSection
+from core import ConfigError, ConfigSection, LossSpec, hookimpl
 from losses._distributed import all_gather_with_grad, ring_neighbours, world
 
-SECTION = "train.siglip"
+INIT_LOGIT_SCALE = math.log(10.0)  # SigLIP's init: scale 10, bias -10
+
 DIST_IMPLS = ("bidir", "gather")
 
 
 def _check_dist_impl(_, attribute, value):
     if value not in DIST_IMPLS:
-        raise ConfigError(f"unknown siglip distributed implementation {value!r}", where=f"{SECTION}.{attribute.name}",
+        raise ConfigError(f"unknown siglip distributed implementation {value!r}", where=f"train.siglip.{attribute.name}",
                           fix="use `bidir` (ring exchange of text features, least memory) or `gather` "
                               "(all-gather of text features, fewer messages)")
 
 
 def _check_chunk_size(_, attribute, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"chunk size must be an integer >= 0, got {value!r}", where=f"{SECTION}.{attribute.name}",
+        raise ConfigError(f"chunk size must be an integer >= 0, got {value!r}", where=f"train.siglip.{attribute.name}",
                           fix="use 0 to process the whole local batch at once, or e.g. 1024 to bound memory")
 
 
 @attrs.define(kw_only=True)
 class SiglipLossConfig:
-    """``[train.siglip]``: how the sigmoid loss is computed across ranks."""
+    """How the sigmoid loss is computed across ranks (the siglip loss's own section)."""
 
     dist_impl: Literal["bidir", "gather"] = attrs.field(
         default="bidir", validator=_check_dist_impl,
@@ -65,6 +62,9 @@ class SiglipLossConfig:
         default=4096, validator=_check_chunk_size,
         metadata={"help": "Image rows per logits block: bounds the loss's peak memory at ~3·chunk_size·M fp32 "
                           "values (M: local batch for bidir, global batch for gather); 0: the whole local batch."})
+
+
+SECTION = ConfigSection("train.siglip", SiglipLossConfig)
 
 
 class _SigmoidPairSum(torch.autograd.Function):
@@ -162,14 +162,14 @@ def _softplus(x: float) -> float:
 
 def build(cfg) -> SigLipLoss:
     """The loss for ``cfg`` (its ``[train.siglip]`` section, defaults when absent)."""
-    section = cfg.plugins.get(SECTION) or SiglipLossConfig()
+    section = SECTION.of(cfg)
     return SigLipLoss(dist_impl=section.dist_impl, chunk_size=section.chunk_size)
 
 
 @hookimpl
 def register_losses(register):
     register(LossSpec(
-        name="siglip", build=build, init_logit_scale=LN_10, init_logit_bias=-10.0,
+        name="siglip", build=build, init_logit_scale=INIT_LOGIT_SCALE, init_logit_bias=-10.0,
         identity_value=identity_value,
         description="Pairwise sigmoid loss (SigLIP), bidir ring exchange or gather across ranks, chunkable.",
-        config_sections=(ConfigSection(SECTION, SiglipLossConfig),)))
+        config_sections=(SECTION,)))

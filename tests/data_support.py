@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 
 from core.backbone import PreprocessSpec
-from core.config import DatasetEntry, ExperimentConfig
+from core.spec.config import DatasetEntry, ExperimentConfig
 from core.data import DataRequest
 from core.testing.data_checks import ByteTokenizer
-from core.transforms import eval_transform
+from core.runtime.transforms import eval_transform
 
 SPEC = PreprocessSpec(height=16, width=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash",
                       interpolation="bilinear")

@@ -12,8 +12,8 @@ from pathlib import Path
 import attrs
 import torch
 
-from core.distributed import close_world
-from core.train import Trainer
+from core.runtime.distributed import close_world
+from core.train.trainer import Trainer
 from tests.train_support import tiny_config
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.config import ExperimentConfig
+from core.spec.config import ExperimentConfig
 
 TEXTS = ["", "a photo of a cat", "Two_dogs, running on the BEACH!!", "naïve café 東京 🚀", "word " * 200]
 

@@ -24,8 +24,8 @@ from open_clip.tokenizer import HFTokenizer
 from backbones.openclip import configs, loading
 from backbones.openclip.configs import DEMO_TYPE, NVCLIP_TYPES
 from backbones.openclip.tokenizer import TINY_BERT_VOCAB
-from core.checkpoint import model_checkpoint, save_atomic
-from core.config import ExperimentConfig
+from core.runtime.checkpoint import model_checkpoint, save_atomic
+from core.spec.config import ExperimentConfig
 from core.errors import ClipcoreError
 
 NV_L, NV_H = "ViT-L-14-SigLIP-CLIPA-224", "ViT-H-14-SigLIP-CLIPA-224"
@@ -166,7 +166,11 @@ def test_unpicklable_checkpoint_is_refused(tmp_path):
 
 
 def test_random_init_and_clipcore_checkpoint(tmp_path):
-    model = loading.build(make_cfg(pretrained=False, init_logit_bias=-3.0))
+    from core.registry import get_registry
+    from core.runtime.build import with_loss_logit_init
+
+    siglip = get_registry().get("losses", "siglip", key="train.loss_type")
+    model = loading.build(with_loss_logit_init(make_cfg(pretrained=False, init_logit_bias=-3.0), siglip))
     assert model.logit_scale.item() == pytest.approx(2.302585, abs=1e-5) and model.logit_bias.item() == -3.0
     path = save_atomic(model_checkpoint(model), tmp_path / "ckpt.pth")
     again = loading.build(make_cfg(pretrained=str(path)))

@@ -19,7 +19,7 @@ from backbones.radio import factory  # noqa: E402
 from backbones.radio.config import RadioConfig  # noqa: E402
 from backbones.radio.factory import TINY_TRUNK  # noqa: E402
 from backbones.radio.sizes import SIZES  # noqa: E402
-from core.config import ExperimentConfig  # noqa: E402
+from core.spec.config import ExperimentConfig  # noqa: E402
 from core.errors import ClipcoreError, ConfigError  # noqa: E402
 from tests import radio_layout as layout  # noqa: E402
 
@@ -139,7 +139,7 @@ def test_preprocess_is_openai_clip_shortest_side_bicubic(checkpoints, teachers):
 
 
 def test_clip_tokenizer_export_reproduces_ids_without_clipcore(tmp_path):
-    from deploy.textprep import SidecarTokenizer
+    from core.preprocess import SidecarTokenizer
 
     tokenizer = factory.clip_bpe_tokenizer(canonicalize=False)
     assert (tokenizer.spec.context_length, tokenizer.spec.pad_id, tokenizer.spec.pooling) == (77, 0, "eos")
@@ -186,7 +186,7 @@ def test_head_shape_and_cls_slot_travel_with_the_state_dict(checkpoints, teacher
     target.text_tower = source.text_tower.__class__(**{"embed_dim": layout.CLIP_DIM, "context_length": 77,
                                                         "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2,
                                                         "quick_gelu": True})
-    # the weights decide whether there is a bias (core.build gives the built model one exactly when they have it)
+    # the weights decide whether there is a bias (core.runtime.build gives the built model one exactly when they have it)
     target.logit_bias = None if source.logit_bias is None else torch.nn.Parameter(torch.zeros(()))
     target.load_state_dict(source.state_dict(), strict=True)
     images = torch.randn(2, 3, 32, 32)

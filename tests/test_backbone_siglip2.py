@@ -21,8 +21,8 @@ from transformers import CLIPConfig, CLIPModel, Siglip2ImageProcessor, Siglip2Mo
 from backbones.siglip2 import architectures, loading
 from backbones.siglip2.architectures import TYPES, hf_config
 from backbones.siglip2.tokenizer import tiny_gemma_tokenizer
-from core.checkpoint import model_checkpoint, save_atomic
-from core.config import ExperimentConfig
+from core.runtime.checkpoint import model_checkpoint, save_atomic
+from core.spec.config import ExperimentConfig
 from core.errors import ClipcoreError
 
 FIXED, NAFLEX = "siglip2-so400m-patch16-256", "siglip2-so400m-patch16-naflex"
@@ -180,7 +180,11 @@ def test_weights_file_inside_a_model_directory_points_at_the_directory(fixed_dir
 
 
 def test_random_init_uses_loss_constants_and_overrides(tiny_architectures, fixed_dir):
-    model = loading.build(make_cfg(pretrained=False, tokenizer_path=str(fixed_dir[0])))
+    from core.registry import get_registry
+    from core.runtime.build import with_loss_logit_init
+
+    siglip = get_registry().get("losses", "siglip", key="train.loss_type")
+    model = loading.build(with_loss_logit_init(make_cfg(pretrained=False, tokenizer_path=str(fixed_dir[0])), siglip))
     assert model.logit_scale.item() == pytest.approx(torch.log(torch.tensor(10.0)).item())
     assert model.logit_bias.item() == pytest.approx(-10.0)
     assert model.tokenizer(["a photo"]).shape == (1, 64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.cli import main
+from core.cli.main import main
 from tests.data_support import write_folder
 
 

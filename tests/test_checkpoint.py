@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from clipcore_example_backbone.plugin import TinyClip
-from core.checkpoint import load_checkpoint, load_model_weights, model_checkpoint, save_atomic
+from core.runtime.checkpoint import model_checkpoint, save_atomic
+from core.weights import load_checkpoint, load_model_weights
 from core.errors import ClipcoreError
 
 

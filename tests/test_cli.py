@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.cli import COMMANDS, action_overrides, build_parser, main
+from core.cli.main import COMMANDS, action_overrides, build_parser, main
 
 
 def test_every_command_is_available_and_documented(capsys):
@@ -38,8 +38,8 @@ def test_bad_spec_is_one_message_and_exit_2(tmp_path, capsys):
 
 
 def test_process_count_must_match_the_actions_num_gpus(monkeypatch):
-    from core.config import ExperimentConfig
-    from core.distributed import init_world
+    from core.spec.config import ExperimentConfig
+    from core.runtime.distributed import init_world
     from core.errors import ConfigError
 
     cfg = ExperimentConfig()

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from core.bad_samples import BadSample, BadSampleLog
-from core.config import DatasetEntry
+from core.spec.config import DatasetEntry
 from core.errors import DataError
 from plugins import custom, wds
+from plugins.wds.config import SECTION as WDS
+from plugins.wds.config import WdsConfig
 from plugins.wds.writer import write_shards
 from core.data import RawSample
 from tests.data_support import bad_records, config, epoch_keys, image_bytes, request, write_folder
@@ -157,9 +159,8 @@ def _shards(tmp_path: Path, samples_per_shard: int = 4, shards: int = 3, extra: 
 def _wds_config(root: Path | None = None, list_file: Path | None = None, on_bad_sample: str = "skip"):
     cfg = config(on_bad_sample=on_bad_sample)
     cfg.dataset.train.type = "wds"
-    cfg.dataset.train.wds.root_dir = None if root is None else str(root)
-    cfg.dataset.train.wds.shard_list_file = None if list_file is None else str(list_file)
-    cfg.dataset.train.wds.samples_per_shard = 4
+    cfg.plugins[WDS.path] = WdsConfig(root_dir=None if root is None else str(root),
+                                      shard_list_file=None if list_file is None else str(list_file), samples_per_shard=4)
     return cfg
 
 
@@ -182,7 +183,7 @@ def test_unreachable_remote_shard_is_skipped(tmp_path):
     listing.write_text(f"{root}/shard-000000.tar\n{root}/shard-000001.tar\npipe:exit 3\n")
     results = tmp_path / "results"
     cfg = _wds_config(list_file=listing)
-    cfg.dataset.train.wds.samples_per_shard = 2  # 3 shards × 2 declared: the failing one is made up by the others
+    cfg.plugins[WDS.path].samples_per_shard = 2  # 3 shards × 2 declared: the failing one is made up by the others
     loader = wds.build(request(cfg, results, batch_size=2))
     assert len(epoch_keys(loader)) == 6
     assert any(r["path"] == "pipe:exit 3" and r["reason"] in ("unreachable-shard", "unreadable-tar-member")
@@ -206,7 +207,7 @@ def test_truncated_shard_and_bad_samples_inside_shards(tmp_path):
     (root / "shard-000001.tar").write_bytes(truncated[: len(truncated) // 2 + 700])  # inside a member
     results = tmp_path / "results"
     cfg = _wds_config(root)
-    cfg.dataset.train.wds.count_samples = True  # more samples than readable ones: every shard is read
+    cfg.plugins[WDS.path].count_samples = True  # more samples than readable ones: every shard is read
     loader = wds.build(request(cfg, results, batch_size=1))
     assert len(epoch_keys(loader)) == len(loader)
     reasons = {(Path(r["path"]).name, r["reason"]) for r in bad_records(results)}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import DatasetEntry
+from core.spec.config import DatasetEntry
 from core.errors import DataError
 from plugins.custom import build, retrieval
 from tests.data_support import config, epoch_keys, image_bytes, request, write_folder
@@ -161,8 +161,8 @@ def test_no_datasets_is_a_clear_error():
 def test_augmented_resume_is_exact_with_any_worker_count(tmp_path):
     """Random augmentation depends only on (seed, epoch, sample): a run resumed mid-epoch with
     another number of workers sees exactly the pixels the uninterrupted run saw."""
-    from core.config import AugmentationConfig
-    from core.transforms import train_transform
+    from core.spec.config import AugmentationConfig
+    from core.runtime.transforms import train_transform
     from tests.data_support import SPEC
 
     write_folder(tmp_path / "images", 12)

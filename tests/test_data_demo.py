@@ -7,8 +7,9 @@ import tomllib
 import numpy as np
 import pytest
 
-from core import demo_data
-from core.config import DatasetEntry, ExperimentConfig
+from core import spec
+from core.cli import demo_data
+from core.spec.config import DatasetEntry, ExperimentConfig
 from core.errors import ClipcoreError
 from core.registry import get_registry
 from plugins import custom, wds
@@ -56,16 +57,9 @@ def test_scenes_are_varied():
 
 
 def _from_toml(path):
-    section = tomllib.loads(path.read_text())["dataset"]
-    cfg = ExperimentConfig()
-    train = section["train"]
-    cfg.dataset.train.type = train["type"]
-    cfg.dataset.train.datasets = [DatasetEntry(**e) for e in train.get("datasets", [])]
-    for key, value in train.get("wds", {}).items():
-        setattr(cfg.dataset.train.wds, key, value)
-    cfg.dataset.val.datasets = [DatasetEntry(**e) for e in section["val"]["datasets"]]
-    assert section["augmentation"] == {"scale": [1.0, 1.0], "color_jitter": [], "grayscale": 0.0}
-    return cfg
+    assert tomllib.loads(path.read_text())["dataset"]["augmentation"] == {"scale": [1.0, 1.0], "color_jitter": [],
+                                                                         "grayscale": 0.0}
+    return spec.load_config(path)
 
 
 @pytest.mark.parametrize("fmt", ["custom", "wds"])

@@ -11,9 +11,9 @@ from torchvision import transforms as T
 
 from core.backbone import PreprocessSpec
 from core.bad_samples import BadSample
-from core.config import AugmentationConfig
+from core.spec.config import AugmentationConfig
 from core.images import open_image, to_rgb
-from core.transforms import eval_transform, resized_crop, train_transform
+from core.runtime.transforms import eval_transform, resized_crop, train_transform
 from tests.data_support import image_bytes
 
 torch.set_num_threads(1)

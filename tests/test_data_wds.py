@@ -13,6 +13,7 @@ import torch
 from core.data import RawSample
 from core.errors import ConfigError
 from plugins import wds
+from plugins.wds.config import SECTION, WdsConfig
 from plugins.wds.shards import list_shards
 from plugins.wds.writer import write_shards
 from tests.data_support import config, epoch_keys, image_bytes, request
@@ -28,10 +29,8 @@ def samples(n, start=0):
 def wds_config(root=None, list_file=None, samples_per_shard=5, **wds_fields):
     cfg = config()
     cfg.dataset.train.type = "wds"
-    w = cfg.dataset.train.wds
-    w.root_dir, w.shard_list_file, w.samples_per_shard = root and str(root), list_file and str(list_file), samples_per_shard
-    for key, value in wds_fields.items():
-        setattr(w, key, value)
+    cfg.plugins[SECTION.path] = WdsConfig(root_dir=root and str(root), shard_list_file=list_file and str(list_file),
+                                          samples_per_shard=samples_per_shard, **wds_fields)
     return cfg
 
 
@@ -47,7 +46,7 @@ def test_root_dir_is_searched_recursively_in_sorted_order(tmp_path):
     write_shards(tmp_path / "b", samples(4), shards=2)
     write_shards(tmp_path / "a" / "deep", samples(2), shards=1)
     (tmp_path / "a" / "notes.txt").write_text("not a shard")
-    shards = list_shards(wds_config(tmp_path).dataset.train.wds, never)
+    shards = list_shards(wds_config(tmp_path).plugins[SECTION.path], never)
     assert [str(Path(s).relative_to(tmp_path)) for s in shards] == [
         "a/deep/shard-000000.tar", "b/shard-000000.tar", "b/shard-000001.tar"]
 
@@ -57,10 +56,10 @@ def test_shard_list_resolves_relative_lines_and_expands_braces(tmp_path):
     listing = tmp_path / "lists" / "shards.txt"
     listing.parent.mkdir()
     listing.write_text(f"# comment\n\nshard-{{000000..000001}}.tar\n{tmp_path}/data/shard-000002.tar\n")
-    shards = list_shards(wds_config(tmp_path / "data", listing).dataset.train.wds, never)
+    shards = list_shards(wds_config(tmp_path / "data", listing).plugins[SECTION.path], never)
     assert shards == [str(tmp_path / "data" / f"shard-00000{i}.tar") for i in range(3)]
     listing.write_text("../data/shard-00000{0,2}.tar\n")  # no root_dir: relative to the list's folder
-    shards = list_shards(wds_config(None, listing).dataset.train.wds, never)
+    shards = list_shards(wds_config(None, listing).plugins[SECTION.path], never)
     assert [Path(s).resolve() for s in shards] == [tmp_path / "data" / "shard-000000.tar",
                                                    tmp_path / "data" / "shard-000002.tar"]
 
@@ -167,8 +166,8 @@ def test_resume_with_another_worker_count_is_approximate_but_keeps_the_epoch_len
 
 @pytest.mark.parametrize("batches_before", [1, 2, 3, 5])
 def test_resume_with_augmentation_gives_the_same_images_in_the_same_order(tmp_path, batches_before):
-    from core.config import AugmentationConfig
-    from core.transforms import train_transform
+    from core.spec.config import AugmentationConfig
+    from core.runtime.transforms import train_transform
     from tests.data_support import SPEC
 
     write_shards(tmp_path, samples(26), shards=4)  # uneven quotas: chunks straddle batches at the end

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from core.spec import load_config
+from core.spec.load import load_config
 
 
 def _demo(out, *extra, timeout=600) -> str:
-    done = subprocess.run([sys.executable, "-m", "core.cli", "demo", str(out), *extra], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "core.cli.main", "demo", str(out), *extra], capture_output=True,
                           text=True, timeout=timeout, env={**__import__("os").environ, "COLUMNS": "120"})
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return done.stdout
@@ -37,7 +37,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     assert (out / "results" / "train" / "latest.pth").is_file()
     assert (out / "results" / "train" / "training_curves.png").is_file()
 
-    again = subprocess.run([sys.executable, "-m", "core.cli", "demo", str(out)], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "core.cli.main", "demo", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "--force" in again.stderr
 
 

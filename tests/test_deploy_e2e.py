@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import model_checkpoint, save_atomic
-from core.cli import main
+from core.runtime.checkpoint import model_checkpoint, save_atomic
+from core.cli.main import main
 from core.registry import get_registry
 from tests.export_support import assert_close, write_images
 

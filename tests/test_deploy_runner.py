@@ -15,9 +15,9 @@ from PIL import Image
 
 from core.backbone import PreprocessSpec
 from core.errors import ClipcoreError
-from deploy import sidecar
-from deploy.preprocess import preprocess
-from deploy.textprep import SidecarTokenizer, canonicalize
+from core import artifact
+from core.preprocess import preprocess_images
+from core.preprocess import SidecarTokenizer, canonicalize_text as canonicalize
 from tests.export_support import write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,14 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size", [(24, 24), (16, 28)])
 def test_preprocess_matches_the_pytorch_eval_transform(tmp_path, mode, interpolation, size):
-    from core.transforms import eval_transform
+    from core.runtime.transforms import eval_transform
 
     spec = PreprocessSpec(height=size[0], width=size[1], mean=(0.48, 0.45, 0.40), std=(0.27, 0.26, 0.28),
                           resize_mode=mode, interpolation=interpolation)
     paths = write_images(tmp_path, sizes=((40, 30), (17, 50), (64, 64), (24, 24)))
     transform = eval_transform(spec)
     want = np.stack([transform(Image.open(p)).numpy() for p in paths])
-    have = preprocess(paths, spec.to_dict())
+    have = preprocess_images(paths, spec.to_dict())
     assert have.dtype == np.float32 and have.shape == want.shape
     assert np.abs(have - want).max() <= 1e-5
 
@@ -46,7 +46,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     spec = PreprocessSpec(height=8, width=8, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash",
                           interpolation="bilinear").to_dict()
     with pytest.raises(ClipcoreError, match="broken.jpg"):
-        preprocess([bad], spec)
+        preprocess_images([bad], spec)
 
 
 # --------------------------------------------------------------------------- tokenisation rules
@@ -102,21 +102,21 @@ def test_tokenizer_directory_without_tokenizer_json(tmp_path):
 def _fake_export(folder: Path, stem: str, towers, suffix=".onnx") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for tower in towers:
-        sidecar.tower_file(folder / stem, tower, suffix).write_bytes(b"x")
+        artifact.tower_file(folder / stem, tower, suffix).write_bytes(b"x")
 
 
 def test_find_model_files_from_file_base_or_one_tower(tmp_path):
     _fake_export(tmp_path, "m", ["vision", "text"])
     _fake_export(tmp_path, "c", ["combined"])
     both = {"vision": tmp_path / "m_vision.onnx", "text": tmp_path / "m_text.onnx"}
-    assert sidecar.find_model_files(tmp_path / "m.onnx", [".onnx"], key="k") == (tmp_path / "m", both)
-    assert sidecar.find_model_files(tmp_path / "m", [".onnx"], key="k")[1] == both
-    assert sidecar.find_model_files(tmp_path / "m_text.onnx", [".onnx"], key="k")[1] == both
-    assert sidecar.find_model_files(tmp_path / "c.onnx", [".onnx"], key="k")[1] == {"combined": tmp_path / "c.onnx"}
+    assert artifact.find_model_files(tmp_path / "m.onnx", [".onnx"], key="k") == (tmp_path / "m", both)
+    assert artifact.find_model_files(tmp_path / "m", [".onnx"], key="k")[1] == both
+    assert artifact.find_model_files(tmp_path / "m_text.onnx", [".onnx"], key="k")[1] == both
+    assert artifact.find_model_files(tmp_path / "c.onnx", [".onnx"], key="k")[1] == {"combined": tmp_path / "c.onnx"}
     (tmp_path / "m_vision.onnx").unlink()
-    assert sidecar.find_model_files(tmp_path / "m_text.onnx", [".onnx"], key="k")[1] == {"text": tmp_path / "m_text.onnx"}
+    assert artifact.find_model_files(tmp_path / "m_text.onnx", [".onnx"], key="k")[1] == {"text": tmp_path / "m_text.onnx"}
     with pytest.raises(ClipcoreError, match="no model file found") as err:
-        sidecar.find_model_files(tmp_path / "nothing.onnx", [".onnx"], key="evaluate.onnx_file")
+        artifact.find_model_files(tmp_path / "nothing.onnx", [".onnx"], key="evaluate.onnx_file")
     assert "nothing_vision.onnx" in str(err.value) and "evaluate.onnx_file" in str(err.value)
 
 
@@ -124,16 +124,16 @@ def test_sidecars_found_in_tao_locations_or_clear_error(tmp_path):
     engines = tmp_path / "run" / "gen_trt_engine"
     _fake_export(engines, "m", ["combined"], ".engine")
     with pytest.raises(ClipcoreError, match="m_config.yaml and m_tokenizer/ are missing") as err:
-        sidecar.locate(engines / "m.engine", [".engine"], key="trt_engine")
+        artifact.locate(engines / "m.engine", [".engine"], key="trt_engine")
     assert str(tmp_path / "run" / "export") in str(err.value)
     export = tmp_path / "run" / "export"
     (export / "m_tokenizer").mkdir(parents=True)
     (export / "m_config.yaml").write_text(yaml.safe_dump({"model": {"type": "x"}}))
     with pytest.raises(ClipcoreError, match="no clipcore `deploy` section"):
-        sidecar.locate(engines / "m.engine", [".engine"], key="trt_engine")
-    (export / "m_config.yaml").write_text(yaml.safe_dump({"deploy": {"format": sidecar.FORMAT, "version": 99}}))
+        artifact.locate(engines / "m.engine", [".engine"], key="trt_engine")
+    (export / "m_config.yaml").write_text(yaml.safe_dump({"deploy": {"format": artifact.FORMAT, "version": 99}}))
     with pytest.raises(ClipcoreError, match="version 99"):
-        sidecar.locate(engines / "m.engine", [".engine"], key="trt_engine")
+        artifact.locate(engines / "m.engine", [".engine"], key="trt_engine")
 
 
 def test_external_data_file_missing_names_the_expected_file(tmp_path):
@@ -141,17 +141,17 @@ def test_external_data_file_missing_names_the_expected_file(tmp_path):
     onnx_file.write_bytes(b"x")
     deploy = {"external_data": {"m.onnx": "m_weights.bin"}}
     with pytest.raises(ClipcoreError, match="m_weights.bin.*missing") as err:
-        sidecar.check_external_data(onnx_file, deploy)
+        artifact.check_external_data(onnx_file, deploy)
     assert "never rename" in str(err.value)
     (tmp_path / "m_weights.bin").write_bytes(b"w")
-    sidecar.check_external_data(onnx_file, deploy)
+    artifact.check_external_data(onnx_file, deploy)
 
 
 # --------------------------------------------------------------------------- torch-free
 def test_runtime_modules_never_import_torch():
     """The ONNX Runtime deploy path imports no torch and no transformers."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
-            "import deploy.onnxruntime_runner, deploy.runner, deploy.preprocess, deploy.textprep, deploy.sidecar; "
+            "import deploy.onnxruntime_runner, deploy.runner, core.preprocess, core.artifact; "
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from core.config import ExperimentConfig
+from core.spec.config import ExperimentConfig
+from deploy.tensorrt.config import SECTION, TensorRTConfig
 from core.errors import ClipcoreError, ConfigError, PluginError
 from core.registry import get_registry
 from deploy.tensorrt import unavailable
@@ -38,8 +39,7 @@ def separate_export(tmp_path_factory):
 def trt_config(onnx_file, engine, **tensorrt) -> ExperimentConfig:
     cfg = ExperimentConfig()
     cfg.gen_trt_engine.onnx_file, cfg.gen_trt_engine.trt_engine = str(onnx_file), str(engine)
-    for key, value in tensorrt.items():
-        setattr(cfg.gen_trt_engine.tensorrt, key, value)
+    cfg.plugins[SECTION.path] = TensorRTConfig(**tensorrt)
     return cfg
 
 
@@ -96,7 +96,7 @@ def test_missing_sidecars_are_named(separate_export, tmp_path):
 def test_unordered_profile_is_refused(separate_export, tmp_path):
     _, folder = separate_export
     cfg = trt_config(folder / "m.onnx", tmp_path / "m.engine", min_batch_size=8, opt_batch_size=4)
-    with pytest.raises(ConfigError, match="8/4/16 is not ordered"):
+    with pytest.raises(ConfigError, match="min_batch_size 8, opt_batch_size 4, max_batch_size 16"):
         build_engines(cfg)
 
 
@@ -116,7 +116,7 @@ def test_without_tensorrt_the_build_says_why(separate_export, tmp_path):
 
 
 def test_gen_trt_engine_action_defaults_the_engine_path(separate_export, tmp_path):
-    import core.gen_trt_engine as action
+    import core.cli.gen_trt_engine as action
 
     _, folder = separate_export
     cfg = ExperimentConfig()

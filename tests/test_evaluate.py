@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.cli import main
-from core.distributed import World
-from core.embed import RunnerEncoder
-from core.evaluate import evaluate
-from core.metrics import retrieval_metrics
+from core.cli.main import main
+from core.runtime.distributed import World
+from core.eval.embed import RunnerEncoder
+from core.cli.evaluate import evaluate
+from core.eval.metrics import retrieval_metrics
 from tests.eval_support import COLORS, color_image, install_color_clip, subprocess_env, write_spec
 
 TAO_KEYS = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("mAP", "R@1", "R@5", "R@10", "MedR", "MeanR", "AUC")]
@@ -77,10 +77,10 @@ def test_retrieval_end_to_end(plugin_root, val_dir, tmp_path):
 def test_checkpoint_of_a_real_model_matches_direct_computation(plugin_root, val_dir, tmp_path):
     """example-tiny from a clipcore checkpoint: results.json equals the metrics of embeddings
     computed here directly (the pipeline keeps images and captions aligned)."""
-    from core.build import build_model
-    from core.checkpoint import model_checkpoint, save_atomic
-    from core.config import ExperimentConfig
-    from core.transforms import eval_transform
+    from core.runtime.build import build_model
+    from core.runtime.checkpoint import model_checkpoint, save_atomic
+    from core.spec.config import ExperimentConfig
+    from core.runtime.transforms import eval_transform
     from PIL import Image
 
     cfg = ExperimentConfig()
@@ -199,8 +199,8 @@ def test_onnx_file_gives_the_checkpoint_metrics(plugin_root, val_dir, tmp_path, 
     """Deploy-time evaluate: `evaluate.onnx_file` opens the onnx exporter's runner through the
     registry and gives the checkpoint's metrics; a file no plugin opens is a clear error."""
     pytest.importorskip("onnxruntime")
-    from core.build import build_model
-    from core.checkpoint import model_checkpoint, save_atomic
+    from core.runtime.build import build_model
+    from core.runtime.checkpoint import model_checkpoint, save_atomic
     from core import spec as spec_module
 
     model_args = ["model.type=example-tiny", "model.pretrained=false", "model.image_size=32"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.cli import main
-from core.config import ExperimentConfig
+from core.cli.main import main
+from core.spec.config import ExperimentConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def test_core_export_input_size_must_match_the_backbone(tmp_path, capsys):
 
 
 def test_output_file_is_named_after_the_checkpoint(tmp_path):
-    from core.export import output_path
+    from core.cli.export import output_path
 
     cfg = ExperimentConfig()
     cfg.model.type = "openclip:ViT-B-32"
@@ -49,7 +49,7 @@ def test_output_file_is_named_after_the_checkpoint(tmp_path):
 
 
 def test_evaluate_and_inference_open_the_onnx_runner(tmp_path):
-    from core.embed import open_encoder
+    from core.eval.embed import open_encoder
 
     assert main(["export", *TINY, f"results_dir={tmp_path}", "--encoder", "separate"]) == 0
     cfg = ExperimentConfig()

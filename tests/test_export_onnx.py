@@ -87,7 +87,7 @@ def test_ort_matches_pytorch(exported, batch):
 
 def test_sidecar_tokenizer_and_preprocessing_match_the_model(exported, tmp_path):
     """Text tokenised through the exported _tokenizer/, images preprocessed from _config.yaml."""
-    from core.transforms import eval_transform
+    from core.runtime.transforms import eval_transform
 
     model, folder, _ = exported
     runner = open_runner(folder / "model.onnx", providers=["CPUExecutionProvider"])

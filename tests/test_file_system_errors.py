@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import save_atomic, write_text_atomic
-from core.cli import main
+from core.runtime.checkpoint import save_atomic, write_text_atomic
+from core.cli.main import main
 from core.errors import ClipcoreError, ConfigError, file_system_error
-from core.spec import ACTIONS, check, load_config
+from core.spec.load import ACTIONS, check, load_config
 from tests.train_support import install_test_plugins, tiny_config
-from core.train import Trainer
+from core.train.trainer import Trainer
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_a_write_failing_on_a_read_only_file_system_is_one_message(monkeypatch, 
     def read_only(cfg, args):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out" / "x.h5"))
 
-    monkeypatch.setattr("core.inference.run", read_only)
+    monkeypatch.setattr("core.cli.inference.run", read_only)
     spec = tmp_path / "clip.toml"
     spec.write_text(f'results_dir = "{tmp_path}"\n[inference]\ntext_file = "{spec}"\n'
                     '[model]\ntype = "example-tiny"\npretrained = false\n')

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.cli import main
-from core.search import top_k
+from core.cli.main import main
+from core.cli.search import top_k
 from tests.eval_support import COLORS, color_image, install_color_clip, subprocess_env, write_spec
 
 
@@ -99,7 +99,7 @@ def test_only_texts_and_nothing_to_embed(plugin_root, folders, tmp_path, capsys)
 
 def test_a_failed_run_leaves_no_file(plugin_root, folders, tmp_path, monkeypatch, capsys):
     """Rows go to a temporary file renamed at the end: a crash midway leaves nothing behind."""
-    from core.embed import ModelEncoder
+    from core.eval.embed import ModelEncoder
 
     calls = {"n": 0}
     real = ModelEncoder.encode_images
@@ -153,7 +153,8 @@ def table_rows(output: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_search_text_and_image_queries(embedded, folders, capsys):
+def test_search_text_and_image_queries(embedded, folders, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # whole paths on one line, however deep the temporary folder
     h5 = str(embedded / "image_embeddings.h5")
     assert main(["search", "--images", h5, "a red car", "-k", "2"]) == 0
     rows = table_rows(capsys.readouterr().out)

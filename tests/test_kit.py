@@ -84,7 +84,7 @@ def test_example_plugin_installed_with_pip_passes_the_kit(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
            "CLIPCORE_DISABLE_PLUGINS": ""}
     # The copy under `target` comes first on sys.path, so it is the one discovered and imported.
-    listing = json.loads(subprocess.run([sys.executable, "-m", "core.cli", "plugins", "--json"], env=env,
+    listing = json.loads(subprocess.run([sys.executable, "-m", "core.cli.main", "plugins", "--json"], env=env,
                                         check=True, capture_output=True, text=True).stdout)
     [example] = [p for p in listing["plugins"] if p["plugin"] == "example_backbone"]
     assert example["distribution"] == "clipcore-example-backbone" and example["version"] == "0.3.0"
@@ -93,7 +93,7 @@ def test_example_plugin_installed_with_pip_passes_the_kit(tmp_path):
                             env=env, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert " passed" in result.stdout
-    check = subprocess.run([sys.executable, "-m", "core.cli", "plugins", "check", "example_backbone"],
+    check = subprocess.run([sys.executable, "-m", "core.cli.main", "plugins", "check", "example_backbone"],
                            env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "0 failed" in check.stdout

@@ -1,6 +1,6 @@
 """The weights decide whether a model has a logit bias: evaluate, inference and export never add
 one; only training with a loss that needs one does, with the loss's init (resolved once, in
-core.build, so every family, third-party ones included, follows the same rule)."""
+core.runtime.build, so every family, third-party ones included, follows the same rule)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import logging
 import pytest
 import torch
 
-from core.build import build_model
-from core.checkpoint import model_checkpoint, save_atomic
-from core.cli import main
+from core.runtime.build import build_model
+from core.runtime.checkpoint import model_checkpoint, save_atomic
+from core.cli.main import main
 from core.errors import ClipcoreError
 from core.registry import get_registry
-from core.spec import load_config
+from core.spec.load import load_config
 from tests.train_support import install_test_plugins, tiny_config
-from core.train import Trainer
+from core.train.trainer import Trainer
 
 DEMO = ["model.type=clipcore-demo-tiny", "model.pretrained=false"]
 
@@ -82,7 +82,7 @@ def test_a_missing_bias_names_the_loss_as_the_likely_cause(tmp_path):
     cfg = tiny_config(tmp_path)
     save_atomic(model_checkpoint(build_model(cfg)), tmp_path / "no_bias.pth")
     model = build_model(cfg, loss=get_registry().get("losses", "siglip", key="k"))
-    from core.checkpoint import load_model_weights
+    from core.weights import load_model_weights
 
     with pytest.raises(ClipcoreError) as err:
         load_model_weights(model, tmp_path / "no_bias.pth", key="train.resume_training_checkpoint_path")

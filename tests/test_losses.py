@@ -19,8 +19,8 @@ from torch import nn
 
 import losses.clip
 import losses.siglip
-from core.accumulate import accumulated_step
-from core.config import ExperimentConfig
+from core.train.accumulate import accumulated_step
+from core.spec.config import ExperimentConfig
 from core.errors import ConfigError
 from core.loss import MAX_LOGIT_SCALE, LossSpec, clamp_logit_scale
 from core.registry import Provider, load_registry

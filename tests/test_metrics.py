@@ -1,4 +1,4 @@
-"""core.metrics against an independent brute-force reference (a full sort of every query's gallery)."""
+"""core.eval.metrics against an independent brute-force reference (a full sort of every query's gallery)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import metrics
+from core.eval import metrics
 from core.errors import DataError
-from core.metrics import classification_metrics, retrieval_metrics
+from core.eval.metrics import classification_metrics, retrieval_metrics
 
 KS = (1, 5, 10)
 

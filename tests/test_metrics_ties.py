@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.metrics import classification_metrics, retrieval_metrics
+from core.eval.metrics import classification_metrics, retrieval_metrics
 
 KS = (1, 2, 3)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from clipcore_example_backbone.plugin import TinyClip
-from core.config import OptimConfig
+from core.spec.config import OptimConfig
 from core.errors import ConfigError
-from core.optim import Lamb, build_optimizer, build_scheduler, lr_factor, param_groups
+from core.train.optim import Lamb, build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 def _groups_by_name(model, **optim):

@@ -3,7 +3,7 @@
 import pytest
 
 from core.backbone import BackboneFamily
-from core.cli import main
+from core.cli.main import main
 from core.errors import PluginError
 from core.registry import ENV_ALLOW, ENV_BLOCK, load_registry
 from tests.plugin_factory import TINY_BACKBONE, fake, make_distribution
@@ -103,7 +103,7 @@ def test_a_plugin_raising_a_base_exception_at_import_is_reported_like_any_failur
                                                                                    capsys):
     make_distribution(tmp_path, "exiting-plugin", "1.0", {"exiter": raise_it + "\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
+    monkeypatch.setattr("core.cli.plugins.get_registry", load_registry)
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "failed to load" in out and "exiter" in out and "import failed" in out
@@ -175,7 +175,7 @@ def test_cli_reports_a_plugin_collision_and_keeps_working(tmp_path, monkeypatch,
     make_distribution(tmp_path, "clash-plugin", "0.1", {
         "clash": TINY_BACKBONE.format(family="example", types=("clash-type",))})
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
+    monkeypatch.setattr("core.cli.plugins.get_registry", load_registry)
     assert main(["plugins"]) == 0
     captured = capsys.readouterr()
     assert "backbone family 'example' is registered twice" in captured.out
@@ -202,7 +202,7 @@ def test_core_plugins_lists_the_example_plugin(capsys):
 def test_core_plugins_json_lists_failures(tmp_path, monkeypatch, capsys):
     make_distribution(tmp_path, "broken-plugin", "2.0", {"broken": "raise RuntimeError('boom')\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("core.commands.plugins.get_registry", load_registry)
+    monkeypatch.setattr("core.cli.plugins.get_registry", load_registry)
     assert main(["plugins", "--json"]) == 0
     import json
 

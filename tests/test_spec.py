@@ -11,15 +11,20 @@ import attrs
 import pytest
 import yaml
 
-from core import hookimpl, spec, spec_check
+from core import hookimpl, spec
+from core.spec import load as spec_load
+from core.spec import rules as spec_check
 from core.backbone import BackboneFamily
-from core.cli import main
-from core.config import ExperimentConfig, at_least
+from core.cli.main import main
+from core.spec.config import ExperimentConfig, at_least
 from core.data import DatasetFormat
 from core.errors import ConfigError
 from core.loss import LossSpec
 from core.registry import ConfigSection, Provider, load_registry
-from core.spec import action_dir, check, convert_tao_spec, get_spec, load_config
+from deploy import tensorrt
+from exporters import onnx
+from plugins import custom, wds
+from core.spec.load import action_dir, check, convert_tao_spec, get_spec, load_config
 
 DATA = Path(__file__).parent / "data"
 SHARED_EXAMPLES = Path(__file__).parents[1].parent / "shared" / "examples"
@@ -55,19 +60,16 @@ def register_losses(register):
     register(LossSpec(name="siglip", build=_unused, init_logit_scale=2.3, init_logit_bias=-10.0))
 
 
-@hookimpl
-def register_dataset_formats(register):
-    register(DatasetFormat(name="custom", build=_unused))
-    register(DatasetFormat(name="wds", build=_unused))
-
-
-FAKE_PLUGIN = types.SimpleNamespace(register_backbones=register_backbones, register_losses=register_losses,
-                                    register_dataset_formats=register_dataset_formats)
+FAKE_PLUGIN = types.SimpleNamespace(register_backbones=register_backbones, register_losses=register_losses)
+#: The built-in plugins whose config sections and rules the spec tests exercise (light to import).
+BUILTINS = {"custom": custom, "wds": wds, "onnx": onnx, "tensorrt": tensorrt}
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return load_registry(plugins=[(Provider("fake", "fake-dist", "1.0"), FAKE_PLUGIN)], use_entry_points=False)
+    builtins = [(Provider(name, "clipcore", "test"), module) for name, module in BUILTINS.items()]
+    return load_registry(plugins=[*builtins, (Provider("fake", "fake-dist", "1.0"), FAKE_PLUGIN)],
+                         use_entry_points=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,7 @@ def error(registry, text: str | None, overrides=(), tmp: Path | None = None) -> 
 def test_defaults_without_a_file(registry):
     cfg = load_config(None, registry=registry)
     assert attrs.evolve(cfg, plugins={}) == ExperimentConfig()
-    assert cfg.plugins == {"model.fake": FakeSection()}
+    assert cfg.plugins == {path: section.cls() for path, section in registry.config_sections().items()}
 
 
 def test_precedence_cli_over_file_over_defaults(registry, tmp_path):
@@ -411,13 +413,13 @@ def test_get_spec_round_trips(registry, tmp_path, action):
 
 
 def test_get_spec_with_values_round_trips(registry, tmp_path):
-    from core.spec_render import render
+    from core.spec.render import render
 
     cfg = load_config(None, ["dataset.train.datasets.0.image_dir=/d", "dataset.train.datasets.1.image_dir=/e",
                              'train.resume_training_checkpoint_path="quoted \\"path\\""', "model.fake.window=9",
                              "gen_trt_engine.tensorrt.layers_precision=[\"a:fp32\"]"], registry=registry)
     path = tmp_path / "clip.toml"
-    path.write_text(render(cfg, {"model.fake": FakeSection}))
+    path.write_text(render(cfg, {path: section.cls for path, section in registry.config_sections().items()}))
     assert load_config(path, registry=registry) == cfg
 
 
@@ -441,9 +443,12 @@ def leaves(node: Any, parts: tuple = ()):
         yield parts, node
 
 
-def lookup(obj: Any, parts: tuple) -> Any:
-    for part in parts:
-        obj = obj[part] if isinstance(part, int) else getattr(obj, part)
+def lookup(cfg: ExperimentConfig, parts: tuple) -> Any:
+    """The value at ``parts``, reading plugin-owned tables from ``cfg.plugins``."""
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        path = ".".join(map(str, parts[:i + 1]))
+        obj = cfg.plugins[path] if path in cfg.plugins else obj[part] if isinstance(part, int) else getattr(obj, part)
     return obj
 
 
@@ -518,7 +523,7 @@ def test_convert_missing_file(registry, tmp_path):
 # --------------------------------------------------------------------------- commands
 @pytest.fixture
 def cli(registry, monkeypatch, capsys):
-    monkeypatch.setattr(spec, "get_registry", lambda: registry)
+    monkeypatch.setattr(spec_load, "get_registry", lambda: registry)
     monkeypatch.setattr(spec_check, "get_registry", lambda: registry)
 
     def run(*argv: str) -> tuple[int, str, str]:

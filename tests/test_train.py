@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from core.build import build_model
-from core.checkpoint import load_checkpoint
+from core.runtime.build import build_model
+from core.weights import load_checkpoint
 from core.errors import ClipcoreError, ConfigError
 from core.registry import get_registry
-from core.train import NonFiniteLoss, Trainer
+from core.train.trainer import NonFiniteLoss, Trainer
 from tests.train_support import install_test_plugins, tiny_config
 
 
@@ -35,7 +35,7 @@ def _run(cfg) -> Trainer:
 
 
 def test_run_writes_checkpoints_metrics_tensorboard_curves_logs_and_config(tmp_path):
-    from core.spec import load_config
+    from core.spec.load import load_config
 
     cfg = tiny_config(tmp_path, keep_last=1)
     trainer = _run(cfg)
@@ -118,7 +118,7 @@ def test_pretrained_model_path_starts_from_the_weights_only(tmp_path):
 
 
 def test_resume_refuses_a_weights_only_checkpoint(tmp_path):
-    from core.checkpoint import model_checkpoint, save_atomic
+    from core.runtime.checkpoint import model_checkpoint, save_atomic
 
     trainer = Trainer(tiny_config(tmp_path / "a"))
     trainer.log.close()
@@ -234,10 +234,11 @@ def test_step_validation_interval(tmp_path):
 def test_core_train_launches_torchrun_for_several_processes(tmp_path, monkeypatch):
     import argparse
 
-    import core.train as train_module
+    import core.cli.launch as launch
+    import core.cli.train as train_module
 
     calls = []
-    monkeypatch.setattr(train_module, "run_torchrun", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setattr(launch, "run_torchrun", lambda cmd, env: calls.append((cmd, env)) or 0)
     args = argparse.Namespace(config="clip.toml", results_dir=str(tmp_path), num_gpus=2,
                               overrides=["train.num_epochs=3"])
     train_module.run(tiny_config(tmp_path, num_gpus=2), args)
@@ -247,14 +248,14 @@ def test_core_train_launches_torchrun_for_several_processes(tmp_path, monkeypatc
     assert cmd[cmd.index("-m", 2):] == ["-m", "core.train", "--config", "clip.toml", f"results_dir={tmp_path}",
                                         "train.num_gpus=2", "train.num_epochs=3"]
 
-    monkeypatch.setattr(train_module, "run_torchrun", lambda cmd, env: 1)
+    monkeypatch.setattr(launch, "run_torchrun", lambda cmd, env: 1)
     with pytest.raises(ClipcoreError, match="torchrun worker") as err:
         train_module.run(tiny_config(tmp_path, num_gpus=2), args)
     assert "logs" in str(err.value)
 
 
 def test_two_nodes_need_the_rendezvous_environment(tmp_path, monkeypatch):
-    from core.distributed import torchrun_command
+    from core.runtime.distributed import torchrun_command
 
     cfg = tiny_config(tmp_path, num_gpus=4, num_nodes=2)
     monkeypatch.delenv("MASTER_ADDR", raising=False)

@@ -12,10 +12,10 @@ import attrs
 import pytest
 import torch
 
-from core.build import build_model
-from core.checkpoint import load_checkpoint
+from core.runtime.build import build_model
+from core.weights import load_checkpoint
 from core.registry import get_registry
-from core.train import Trainer
+from core.train.trainer import Trainer
 from tests.train_support import install_test_plugins, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.distributed
@@ -124,7 +124,7 @@ def test_core_train_launches_torchrun_itself(tmp_path):
 
     plugins = install_test_plugins(tmp_path / "plugins")
     spec = write_tiny_spec(tmp_path / "tiny.toml", tmp_path / "results")
-    cmd = [sys.executable, "-m", "core.cli", "train", "-c", str(spec), "-g", "2", "train.num_epochs=1"]
+    cmd = [sys.executable, "-m", "core.cli.main", "train", "-c", str(spec), "-g", "2", "train.num_epochs=1"]
     done = subprocess.run(cmd, env=subprocess_env(plugins), capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     out = tmp_path / "results" / "train"

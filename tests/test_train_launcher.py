@@ -47,7 +47,7 @@ def test_killing_the_launcher_ends_all_ranks(tmp_path, sig):
     results = tmp_path / f"launcher-{sig.name}"
     marker = str(results)
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "train", "-c", str(spec), "-r", str(results), "-g", "2",
+        [sys.executable, "-m", "core.cli.main", "train", "-c", str(spec), "-r", str(results), "-g", "2",
          "train.num_epochs=50"],
         env=subprocess_env(plugins, CLIPCORE_TEST_BATCH_DELAY="0.3"), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)

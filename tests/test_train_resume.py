@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.weights import load_checkpoint
 from tests.train_support import install_test_plugins, subprocess_env, write_tiny_spec
 
 STEPS_PER_EPOCH = 4

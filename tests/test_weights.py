@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.checkpoint import load_checkpoint
-from core.config import ExperimentConfig
+from core.weights import load_checkpoint
+from core.spec.config import ExperimentConfig
 from core.errors import ClipcoreError
 from core.weights import init_logit_values, load_torch_file, looks_like_path, missing_weights_error, read_weights_file
 
@@ -23,8 +23,8 @@ def cfg_with(loss: str, **model) -> ExperimentConfig:
 
 
 def test_init_logit_values_are_what_core_resolved():
-    assert init_logit_values(cfg_with("siglip")) == (pytest.approx(math.log(10)), None)  # no bias unless resolved
-    assert init_logit_values(cfg_with("clip", init_logit_bias=-2.71)) == (pytest.approx(math.log(10)), -2.71)
+    assert init_logit_values(cfg_with("siglip")) == (0.0, None)  # unresolved: multiplier 1, no bias
+    assert init_logit_values(cfg_with("clip", init_logit_bias=-2.71)) == (0.0, -2.71)
     assert init_logit_values(cfg_with("siglip", init_logit_scale=1.0, init_logit_bias=0.5)) == (1.0, 0.5)
 
 def test_read_weights_file_unwraps_and_strips(tmp_path):

@@ -17,8 +17,8 @@ import tomli
 import tomli_w
 import torch
 
-from core.cli import main
-from core.metrics import retrieval_metrics
+from core.cli.main import main
+from core.eval.metrics import retrieval_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = """\
@@ -117,7 +117,7 @@ def test_separate_export_evaluated_torch_free_matches_the_checkpoint(workflow):
 
     from core.data import DataRequest
     from core.registry import get_registry
-    from core.spec import load_config
+    from core.spec.load import load_config
 
     cfg = load_config(str(spec), [f"results_dir={results}"])
     val = get_registry().get("dataset_formats", "custom", key="dataset.val.type").retrieval(

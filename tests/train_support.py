@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 
-from core.config import DatasetEntry, ExperimentConfig
+from core.spec.config import DatasetEntry, ExperimentConfig
 from tests.plugin_factory import make_distribution
 
 SYNTHETIC = '''

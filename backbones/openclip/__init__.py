@@ -7,9 +7,7 @@ model trainable from scratch on a CPU) and ``openclip:<Name>`` for any model ope
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.backbone import BackboneFamily
-from core.registry import lazy
+from core import BackboneFamily, hookimpl, lazy
 
 from backbones.openclip.configs import TYPES
 

@@ -20,11 +20,8 @@ from typing import Any
 
 import torch
 
-from core.backbone import PreprocessSpec
-from core.checkpoint import load_model_weights
-from core.errors import ClipcoreError, ConfigError
-from core.weights import (WEIGHT_SUFFIXES, hf_cache_dir, hf_offline, init_logit_values, load_hf,
-                          missing_weights_error, read_weights_file)
+from core import (ClipcoreError, ConfigError, PreprocessSpec, WEIGHT_SUFFIXES, hf_cache_dir, hf_offline,
+                  init_logit_values, load_hf, load_model_weights, missing_weights_error, read_weights_file)
 
 from backbones.openclip.configs import (DEMO_TYPE, NVCLIP_TYPES, OPENCLIP_PREFIX, model_config,
                                         register_with_open_clip, tiny_config)

@@ -7,8 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from core.backbone import ClipModel, PreprocessSpec
-from core.errors import ClipcoreError
+from core import ClipModel, ClipcoreError, PreprocessSpec
 
 from backbones.openclip.tokenizer import OpenClipTokenizer
 

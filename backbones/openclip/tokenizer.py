@@ -11,8 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core.backbone import TextSpec
-from core.text import canonicalize_text
+from core import TextSpec, canonicalize_text
 
 POOLING = {"argmax": "eos", "eos": "eos", "last": "last", "first": "first"}
 

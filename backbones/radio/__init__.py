@@ -7,17 +7,15 @@ open_clip. NVlabs' RADIO code (non-commercial licence) is neither imported nor r
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.backbone import BackboneFamily
-from core.registry import ConfigSection, lazy
+from core import BackboneFamily, hookimpl, lazy
 
-from backbones.radio.config import SECTION, RadioConfig
+from backbones.radio.config import SECTION
 from backbones.radio.sizes import SIZES
 
 FAMILY = BackboneFamily(
     name="radio", types=tuple(SIZES), build=lazy("backbones.radio.factory:build"),
     tiny=lazy("backbones.radio.factory:tiny"), check=lazy("backbones.radio.factory:check"),
-    config_sections=(ConfigSection(SECTION, RadioConfig),),
+    config_sections=(SECTION,),
     description="RADIO-CLIP: C-RADIOv3 B/L/H/g (timm) + adaptor head, with the SigLIP2 (`siglip`) or "
                 "DFN CLIP (`clip`) teacher text tower; set model.adaptor_name.")
 

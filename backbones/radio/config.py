@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from core.config import opt
-from core.errors import ConfigError
-
-SECTION = "model.radio"
+from core import ConfigSection, opt
 
 
 @attrs.define(kw_only=True)
@@ -27,17 +22,4 @@ class RadioConfig:
               "L and g). Override only for checkpoints trained otherwise.")
 
 
-def radio_options(cfg: Any) -> RadioConfig:
-    """The ``model.radio`` section of ``cfg`` (defaults when absent)."""
-    value = getattr(cfg, "plugins", {}).get(SECTION)
-    if value is None:
-        return RadioConfig()
-    if isinstance(value, RadioConfig):
-        return value
-    if isinstance(value, dict):
-        try:
-            return RadioConfig(**value)
-        except TypeError as exc:
-            raise ConfigError(f"invalid [{SECTION}] table: {exc}", where=SECTION,
-                              fix="valid keys: " + ", ".join(f.name for f in attrs.fields(RadioConfig))) from None
-    raise ConfigError(f"[{SECTION}] is a {type(value).__name__}, expected a table", where=SECTION)
+SECTION = ConfigSection("model.radio", RadioConfig)

@@ -15,14 +15,12 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, SiglipTextConfig
 
-from core.backbone import PreprocessSpec, Tokenizer, init_logit_params
-from core.checkpoint import load_model_weights
-from core.errors import ClipcoreError, ConfigError
-from core.weights import init_logit_values, load_hf
+from core import (ClipcoreError, ConfigError, PreprocessSpec, Tokenizer, init_logit_params, init_logit_values,
+                  load_hf, load_model_weights)
 
 from backbones.radio import locate
 from backbones.radio.adaptor import AdaptorHead
-from backbones.radio.config import radio_options
+from backbones.radio.config import SECTION
 from backbones.radio.model import RadioClip
 from backbones.radio.sizes import RadioSize, TextTowerSpec, resolve_adaptor, size_of
 from backbones.radio.teachers import Teacher, select_teacher
@@ -67,7 +65,7 @@ def build(cfg: Any, *, trunk_arch: dict | None = None) -> RadioClip:
     check(cfg)
     size = size_of(cfg.model.type)
     adaptor = resolve_adaptor(size, cfg.model.adaptor_name)
-    options = radio_options(cfg)
+    options = SECTION.of(cfg)
     trunk = create_trunk(size.timm_name, cpe_train_augment=options.cpe_train_augment,
                          align_corners=size.align_corners if options.align_corners is None else options.align_corners,
                          **(trunk_arch or {}))
@@ -149,7 +147,7 @@ def _pretrained(cfg: Any, size: RadioSize, adaptor: str, trunk: nn.Module, ckpt:
     load_trunk(trunk, ckpt, size)
     head = load_head(teacher, ckpt, trunk.embed_dim)
     spec = size.text_tower(adaptor)
-    source = locate.text_tower(spec, radio_options(cfg).text_tower, model_type=size.model_type, adaptor=adaptor)
+    source = locate.text_tower(spec, SECTION.of(cfg).text_tower, model_type=size.model_type, adaptor=adaptor)
     if spec.kind == "siglip":
         text, learned = load_siglip_text(source)
     else:
@@ -169,7 +167,7 @@ def _random(cfg: Any, size: RadioSize, adaptor: str, trunk: nn.Module) -> RadioC
     spec = size.text_tower(adaptor)
     head = AdaptorHead(trunk.embed_dim, trunk.embed_dim, spec.embed_dim, num_inner=1)
     text = SiglipText(SiglipTextConfig(**spec.config)) if spec.kind == "siglip" else ClipText(**spec.config)
-    configured = radio_options(cfg).text_tower
+    configured = SECTION.of(cfg).text_tower
     return RadioClip(model_type=size.model_type, adaptor=adaptor,
                      vision=RadioVisionTower(trunk, head, DEFAULT_SLOT[adaptor]), text=text,
                      tokenizer=_tokenizer(cfg, spec, Path(configured) if configured else None),

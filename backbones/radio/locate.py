@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import ClipcoreError
-from core.weights import hf_cache_dir, load_hf, looks_like_path, missing_weights_error
+from core import ClipcoreError, hf_cache_dir, load_hf, looks_like_path, missing_weights_error
 
 from backbones.radio.sizes import RadioSize, TextTowerSpec
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from core.backbone import ClipModel, PreprocessSpec, Tokenizer
+from core import ClipModel, PreprocessSpec, Tokenizer
 
 from backbones.radio.text import ClipText, SiglipText
 from backbones.radio.vision import RadioVisionTower

@@ -13,7 +13,7 @@ from typing import Literal
 
 import attrs
 
-from core.errors import ConfigError
+from core import ConfigError
 
 TextKind = Literal["siglip", "clip"]
 

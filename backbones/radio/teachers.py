@@ -12,7 +12,7 @@ import torch
 
 from backbones.radio.sizes import RadioSize, adaptor_names
 from backbones.radio.weights import RadioCheckpoint
-from core.errors import ClipcoreError
+from core import ClipcoreError
 
 
 @attrs.frozen(kw_only=True)

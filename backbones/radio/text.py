@@ -18,8 +18,7 @@ from torch import nn
 from transformers import SiglipTextConfig, SiglipTextModel
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
-from core.errors import ClipcoreError
-from core.weights import read_weights_file
+from core import ClipcoreError, read_weights_file
 
 
 class SiglipText(nn.Module):

@@ -24,8 +24,7 @@ from typing import Any
 import attrs
 import torch
 
-from core.errors import ClipcoreError
-from core.weights import load_torch_file
+from core import ClipcoreError, load_torch_file
 
 log = logging.getLogger(__name__)
 

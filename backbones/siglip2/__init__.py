@@ -7,9 +7,7 @@ checkpoint's ``model_type``). See :mod:`backbones.siglip2.loading` for where wei
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.backbone import BackboneFamily
-from core.registry import lazy
+from core import BackboneFamily, hookimpl, lazy
 
 from backbones.siglip2.architectures import TYPES
 

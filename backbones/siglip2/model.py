@@ -10,8 +10,7 @@ from transformers import Siglip2Model, SiglipModel
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 from transformers.models.siglip2.modeling_siglip2 import Siglip2EncoderLayer
 
-from core.backbone import ClipModel, PreprocessSpec
-from core.errors import ClipcoreError
+from core import ClipModel, ClipcoreError, PreprocessSpec
 
 from backbones.siglip2.tokenizer import SiglipTokenizer
 

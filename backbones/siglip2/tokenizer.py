@@ -16,9 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core.backbone import TextSpec
-from core.errors import ClipcoreError
-from core.text import canonicalize_text
+from core import ClipcoreError, TextSpec, canonicalize_text
 
 from backbones.siglip2.architectures import CONTEXT_LENGTH
 

@@ -275,7 +275,7 @@ def check_export_flag(entry: Entry, model_type: str) -> None:
         return
     if not isinstance(reason, str) or not reason.strip():
         raise _fail(entry, model_type, "export_refusal is None or a non-empty reason", repr(reason))
-    from core.config import ExperimentConfig
+    from core.spec.config import ExperimentConfig
     from core.registry import get_registry
 
     for exporter_entry in get_registry().entries["exporters"].values():

@@ -20,11 +20,11 @@ from PIL import Image
 
 from core.backbone import PreprocessSpec, TextSpec
 from core.bad_samples import FILE_NAME
-from core.config import ExperimentConfig
+from core.spec.config import ExperimentConfig
 from core.data import DataRequest, RawSample
 from core.errors import DataError
 from core.registry import Entry, Registry
-from core.transforms import eval_transform
+from core.runtime.transforms import eval_transform
 
 NUM_SAMPLES = 24
 BATCH = 4

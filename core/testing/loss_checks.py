@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from core.config import ExperimentConfig
+from core.spec.config import ExperimentConfig
 from core.loss import MAX_LOGIT_SCALE, LossSpec
 from core.registry import Entry, Registry
 

@@ -7,7 +7,7 @@ import re
 
 import attrs
 
-from core.config import ExperimentConfig
+from core.spec.config import ExperimentConfig
 from core.registry import Entry, Registry
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.:+-]*$")

@@ -7,9 +7,8 @@ input gets its own message on any machine.
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.exporter import EngineBuilder
-from core.registry import lazy
+from core import EngineBuilder, hookimpl, lazy
+from deploy.tensorrt.config import SECTION, check
 
 SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -31,4 +30,5 @@ def unavailable() -> str | None:
 def register_engine_builders(register):
     register(EngineBuilder(name="tensorrt", unavailable=unavailable, build=lazy("deploy.tensorrt.builder:build_engines"),
                            suffixes=SUFFIXES, open_runner=lazy("deploy.tensorrt.runner:open_runner"),
+                           check=check, config_sections=(SECTION,),
                            description="TensorRT engines (fp32 | fp16 with fp32 LayerNorm/Softmax) + runner"))

@@ -23,32 +23,28 @@ import numpy as np
 import onnx
 import yaml
 
-from core.errors import ClipcoreError, ConfigError
-from deploy import sidecar
+from core import ClipcoreError, ConfigError, SidecarTokenizer, artifact
 from deploy.onnxruntime_runner import OrtGraph
 from deploy.runner import ATTENTION_MASK, IMAGE, INPUT_IDS
-from deploy.textprep import SidecarTokenizer
+from deploy.tensorrt.config import SECTION, check
 
 GATE_COSINE = {"fp16": 0.999, "fp32": 0.9999}
 SAMPLE_TEXTS = ("a photo of a dog", "two red cubes on a table", "", "Ünïcode and_punctuation!")
 
 
-def batch_profile(g) -> tuple[int, int, int]:
+def batch_profile(cfg) -> tuple[int, int, int]:
     """``(min, opt, max)`` batch of the single profile."""
-    if g.batch_size > 0:
-        return (g.batch_size,) * 3
-    t = g.tensorrt
-    if not t.min_batch_size <= t.opt_batch_size <= t.max_batch_size:
-        raise ConfigError(f"batch profile {t.min_batch_size}/{t.opt_batch_size}/{t.max_batch_size} is not ordered",
-                          where="gen_trt_engine.tensorrt.min/opt/max_batch_size",
-                          fix="use min_batch_size <= opt_batch_size <= max_batch_size")
+    if cfg.gen_trt_engine.batch_size > 0:
+        return (cfg.gen_trt_engine.batch_size,) * 3
+    check(cfg)
+    t = SECTION.of(cfg)
     return t.min_batch_size, t.opt_batch_size, t.max_batch_size
 
 
 def engine_files(trt_engine: Path, towers: dict[str, Path]) -> dict[str, Path]:
     """Engine path per tower: ``x.engine`` -> ``x_vision.engine`` / ``x_text.engine`` for towers."""
-    _, stem = sidecar.tower_of(trt_engine)
-    return {tower: sidecar.tower_file(trt_engine.with_name(stem), tower, trt_engine.suffix) for tower in towers}
+    _, stem = artifact.tower_of(trt_engine)
+    return {tower: artifact.tower_file(trt_engine.with_name(stem), tower, trt_engine.suffix) for tower in towers}
 
 
 def onnx_input_shapes(path: Path) -> dict[str, list[int]]:
@@ -75,13 +71,13 @@ def build_engines(cfg) -> list[Path]:
     if not g.onnx_file or not g.trt_engine:
         raise ConfigError("onnx_file and trt_engine must both be set", where="gen_trt_engine",
                           fix="set gen_trt_engine.onnx_file (an export or its base path) and gen_trt_engine.trt_engine")
-    artifacts = sidecar.locate(g.onnx_file, (".onnx",), key="gen_trt_engine.onnx_file")
+    artifacts = artifact.locate(g.onnx_file, (".onnx",), key="gen_trt_engine.onnx_file")
     shapes = {}
     for tower, path in artifacts.files.items():
-        sidecar.check_external_data(path, artifacts.deploy)
+        artifact.check_external_data(path, artifacts.deploy)
         shapes[tower] = onnx_input_shapes(path)
         check_text_length(path, shapes[tower], artifacts.deploy)
-    profile = batch_profile(g)
+    profile = batch_profile(cfg)
     engines = engine_files(Path(g.trt_engine), artifacts.files)
     reason = unavailable()
     if reason:
@@ -97,14 +93,14 @@ def build_engines(cfg) -> list[Path]:
             staged = Path(tmp) / engines[tower].name
             staged.write_bytes(_build(trt, logger, onnx_path, shapes[tower], profile, cfg))
             static = [dims[0] for dims in shapes[tower].values() if dims[0] > 0]
-            _verify(onnx_path, staged, artifacts, static[0] if static else profile[1], g.tensorrt.data_type)
+            _verify(onnx_path, staged, artifacts, static[0] if static else profile[1], SECTION.of(cfg).data_type)
             staged.replace(engines[tower])
-    copy_sidecars(artifacts, engines, profile, g.tensorrt.data_type)
+    copy_sidecars(artifacts, engines, profile, SECTION.of(cfg).data_type)
     return list(engines.values())
 
 
 def _build(trt, logger, onnx_path: Path, shapes: dict[str, list[int]], profile: tuple[int, int, int], cfg) -> bytes:
-    g, t = cfg.gen_trt_engine, cfg.gen_trt_engine.tensorrt
+    g, t = cfg.gen_trt_engine, SECTION.of(cfg)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -170,7 +166,7 @@ def _layer_overrides(trt, network, rules: list[str]) -> None:
                 _set_precision(trt, layer, dtypes[precision])
 
 
-def sample_feeds(artifacts: sidecar.Artifacts, shapes: dict[str, list[int]], batch: int) -> dict[str, np.ndarray]:
+def sample_feeds(artifacts: artifact.Artifacts, shapes: dict[str, list[int]], batch: int) -> dict[str, np.ndarray]:
     """Inputs for the parity check: random images, real tokenised texts, an all-ones mask."""
     rng = np.random.default_rng(0)
     feeds = {}
@@ -184,7 +180,7 @@ def sample_feeds(artifacts: sidecar.Artifacts, shapes: dict[str, list[int]], bat
     return feeds
 
 
-def _verify(onnx_path: Path, engine_path: Path, artifacts: sidecar.Artifacts, batch: int, data_type: str) -> None:
+def _verify(onnx_path: Path, engine_path: Path, artifacts: artifact.Artifacts, batch: int, data_type: str) -> None:
     """Refuse an engine whose embeddings drift from ONNX Runtime's."""
     from deploy.tensorrt.runner import TrtGraph
 
@@ -204,19 +200,19 @@ def _verify(onnx_path: Path, engine_path: Path, artifacts: sidecar.Artifacts, ba
                                     "with tensorrt.layers_precision")
 
 
-def copy_sidecars(artifacts: sidecar.Artifacts, engines: dict[str, Path], profile: tuple[int, int, int],
+def copy_sidecars(artifacts: artifact.Artifacts, engines: dict[str, Path], profile: tuple[int, int, int],
                   data_type: str) -> None:
     """``<engine stem>_config.yaml`` (with a ``deploy.engine`` record) and ``<engine stem>_tokenizer/``."""
-    _, stem = sidecar.tower_of(next(iter(engines.values())))
+    _, stem = artifact.tower_of(next(iter(engines.values())))
     folder = next(iter(engines.values())).parent
     doc = yaml.safe_load(artifacts.config_path.read_text(encoding="utf-8"))
     doc["deploy"]["engine"] = {"builder": "tensorrt", "data_type": data_type, "batch_profile": list(profile),
                                "files": {tower: path.name for tower, path in engines.items()}}
-    config = folder / (stem + sidecar.CONFIG_SUFFIX)
+    config = folder / (stem + artifact.CONFIG_SUFFIX)
     tmp = config.with_name(f".{config.name}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     tmp.replace(config)
-    tokenizer = folder / (stem + sidecar.TOKENIZER_SUFFIX)
+    tokenizer = folder / (stem + artifact.TOKENIZER_SUFFIX)
     if tokenizer.resolve() != artifacts.tokenizer_dir.resolve():
         shutil.rmtree(tokenizer, ignore_errors=True)
         shutil.copytree(artifacts.tokenizer_dir, tokenizer)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ClipcoreError
+from core import ClipcoreError, artifact
 from deploy.runner import EmbeddingRunner
-from deploy.sidecar import locate
 from deploy.tensorrt import SUFFIXES, unavailable
 
 
@@ -81,7 +80,7 @@ class TrtGraph:
 def open_runner(path: str | Path, *, device: int = 0, batch_size: int | None = None,
                 key: str = "trt_engine") -> EmbeddingRunner:
     """A runner over TensorRT engine(s): a combined engine, one tower's, or a separate base path."""
-    artifacts = locate(path, SUFFIXES, key=key)
+    artifacts = artifact.locate(path, SUFFIXES, key=key)
     reason = unavailable()
     if reason:
         raise ClipcoreError(reason, where=key, fix="use onnx_file (ONNX Runtime) on machines without TensorRT")

@@ -6,9 +6,7 @@ Heavy imports (torch.onnx, onnx, onnxruntime) happen on use, so loading the plug
 
 from __future__ import annotations
 
-from core import hookimpl
-from core.exporter import Exporter
-from core.registry import lazy
+from core import Exporter, hookimpl, lazy
 
 SUFFIXES = (".onnx",)
 

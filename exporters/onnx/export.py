@@ -26,8 +26,7 @@ import onnx
 import torch
 import yaml
 
-from core.errors import ClipcoreError, ConfigError
-from deploy import sidecar
+from core import ClipcoreError, ConfigError, artifact
 from exporters.onnx.graphs import GRAPHS
 from exporters.onnx.sidecar import config_document, deploy_section
 
@@ -44,7 +43,7 @@ def output_files(onnx_file: str | Path, encoder_type: str) -> dict[str, Path]:
     if encoder_type == "combined":
         return {"combined": path}
     if encoder_type == "separate":
-        return {t: sidecar.tower_file(path.with_suffix(""), t, path.suffix) for t in sidecar.TOWERS}
+        return {t: artifact.tower_file(path.with_suffix(""), t, path.suffix) for t in artifact.TOWERS}
     raise ConfigError(f"unknown encoder_type {encoder_type!r}", where="export.encoder_type",
                       fix="use combined or separate")
 
@@ -55,8 +54,8 @@ def export_onnx(model, cfg) -> list[Path]:
     check_request(model, ec)
     files = output_files(ec.onnx_file, ec.encoder_type)
     base = Path(ec.onnx_file).with_suffix("")
-    config_path = base.with_name(base.name + sidecar.CONFIG_SUFFIX)
-    tokenizer_dir = base.with_name(base.name + sidecar.TOKENIZER_SUFFIX)
+    config_path = base.with_name(base.name + artifact.CONFIG_SUFFIX)
+    tokenizer_dir = base.with_name(base.name + artifact.TOKENIZER_SUFFIX)
     refuse_existing([*files.values(), *map(external_data_path, files.values()), config_path, tokenizer_dir], ec)
 
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +111,7 @@ def refuse_existing(targets: list[Path], ec) -> None:
 
 
 def external_data_path(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.stem + sidecar.EXTERNAL_DATA_SUFFIX)
+    return onnx_path.with_name(onnx_path.stem + artifact.EXTERNAL_DATA_SUFFIX)
 
 
 def dummy_inputs(model, tower: str, batch: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Build the ``<stem>_config.yaml`` sidecar of an export (read back by :mod:`deploy.sidecar`).
+"""Build the ``<stem>_config.yaml`` sidecar of an export (read back by :mod:`core.artifact`).
 
 Logit-scale convention, stated once: the ONNX ``logit_scale`` output and ``deploy.logit_scale.exp``
 are the multiplier ``exp(s)``; ``deploy.logit_scale.log`` and TAO's ``model.init_logit_scale`` are
@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from deploy import sidecar
+from core import artifact
 
 CONVENTION = ("ONNX output logit_scale = exp = exp(log); log is the trained log-space parameter "
               "(TAO's model.init_logit_scale); logits = exp * cos(image, text) + logit_bias")
@@ -32,8 +32,8 @@ def deploy_section(model, cfg, files: dict[str, Path], external: dict[str, str],
     """The ``deploy`` section: everything a runtime needs and nothing it must guess."""
     scale, bias = logit_values(model)
     return {
-        "format": sidecar.FORMAT,
-        "version": sidecar.VERSION,
+        "format": artifact.FORMAT,
+        "version": artifact.VERSION,
         "model_type": model.model_type,
         "embed_dim": int(model.embed_dim),
         "encoder_type": cfg.export.encoder_type,

@@ -17,8 +17,7 @@ from typing import Any, Callable, Literal
 
 import attrs
 
-from core.errors import DataError
-from core.images import IMAGE_EXTENSIONS
+from core import DataError, IMAGE_EXTENSIONS
 from plugins.custom.sources import FolderSource, TarSource, open_source
 
 Recorder = Callable[[str, str, str], None]

@@ -20,12 +20,9 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.bad_samples import BadSample, BadSampleLog
-from core.batching import (MAX_CONSECUTIVE_BAD, check_global_batch, collate_samples, finish_batch, too_many_bad,
-                           worker_seeds)
-from core.captions import parse_captions
-from core.data import DataRequest, RetrievalSet
-from core.images import decoded, open_image
+from core import (BadSample, BadSampleLog, DataRequest, MAX_CONSECUTIVE_BAD, RetrievalSet, check_global_batch,
+                  collate_samples, decoded, finish_batch, open_image, parse_captions, too_many_bad,
+                  worker_seeds)
 from plugins.custom.index import EntryIndex, index_entries
 
 log = logging.getLogger("clipcore.data")

@@ -13,8 +13,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from core.bad_samples import BadSample
-from core.errors import DataError
+from core import BadSample, DataError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_COMPRESSED_ARCHIVE_BYTES = 2 << 30

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from core.config import DatasetEntry
-from core.data import RawSample
+from core import DatasetEntry, RawSample
 
 
 def write_pairs(folder: Path, samples: Iterable[RawSample],
@@ -23,8 +22,8 @@ def write_pairs(folder: Path, samples: Iterable[RawSample],
 
 
 def write(folder: Path, samples: Iterable[RawSample], config: Any) -> Any:
-    """:attr:`core.data.DatasetFormat.write`: the same pairs serve training and validation."""
-    entry = write_pairs(folder, samples)
+    """:attr:`core.DatasetFormat.write`: the same pairs serve training and validation."""
+    entry = write_pairs(Path(folder).resolve(), samples, caption_mode="lines")
     config.dataset.train.type = "custom"
     config.dataset.train.datasets = [entry]
     config.dataset.val.type = "custom"

@@ -4,8 +4,8 @@ See :mod:`plugins.wds.shards` (finding and reading shards), :mod:`plugins.wds.st
 an epoch over ranks and workers) and :mod:`plugins.wds.loader` (batches, resume).
 """
 
-from core import hookimpl
-from core.data import DatasetFormat
+from core import DatasetFormat, hookimpl
+from plugins.wds.config import SECTION, check
 from plugins.wds.loader import build
 from plugins.wds.writer import write
 
@@ -13,6 +13,6 @@ from plugins.wds.writer import write
 @hookimpl
 def register_dataset_formats(register):
     register(DatasetFormat(
-        name="wds", build=build, write=write,
+        name="wds", build=build, write=write, check=check, config_sections=(SECTION,),
         description="WebDataset .tar shards (local folder, shard list with brace expansion, pipe:/http(s)/s3 URLs); "
                     "training only"))

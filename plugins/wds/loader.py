@@ -22,11 +22,9 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from core.bad_samples import BadSampleLog
-from core.batching import check_global_batch, finish_batch, worker_seeds
-from core.data import DataRequest
-from core.errors import DataError
-from plugins.wds.shards import KEY, count_samples, list_shards
+from core import BadSampleLog, DataError, DataRequest, check_global_batch, finish_batch, worker_seeds
+from plugins.wds.config import SECTION
+from plugins.wds.shards import count_samples, list_shards
 from plugins.wds.stream import ShardStream, WorkerStart, batches_per_rank, identity
 
 log = logging.getLogger("clipcore.data")
@@ -141,20 +139,20 @@ class ShardLoader:
 def build(request: DataRequest) -> ShardLoader:
     """The training loader over ``dataset.train.wds`` shards for ``request.rank``."""
     cfg = request.config
-    wds = cfg.dataset.train.wds
+    wds = SECTION.of(cfg)
     bad_samples = BadSampleLog.from_request(request)
     shards = list_shards(wds, bad_samples.record_shared)
     world, batch = request.world_size, request.batch_size
     if len(shards) < world:
         raise DataError(f"{len(shards)} shard(s) for {world} processes: every process needs at least one shard",
-                        where=KEY, fix="write the data into more shards (at least one per process), or train on "
+                        where=SECTION.path, fix="write the data into more shards (at least one per process), or train on "
                                        "fewer GPUs")
     sizes = [count_samples(s, bad_samples.record_shared) for s in shards] if wds.count_samples else [wds.samples_per_shard] * len(shards)
-    check_global_batch(sum(sizes), batch, world, KEY)
+    check_global_batch(sum(sizes), batch, world, SECTION.path)
     batches = batches_per_rank(sizes, world, batch)
     if batches == 0:
         raise DataError(f"each of the {world} processes gets {len(shards) // world} shard(s), too few samples for "
-                        f"one batch of {batch}", where=KEY,
+                        f"one batch of {batch}", where=SECTION.path,
                         fix="lower dataset.train.batch_size, write more or larger shards, or train on fewer GPUs")
     stream = ShardStream(shards, sizes, samples=batches * batch, transform=request.transform,
                          max_pixels=cfg.dataset.max_image_pixels, caption_mode=wds.caption_mode,

@@ -20,10 +20,9 @@ import fsspec
 import webdataset
 from webdataset.tariterators import base_plus_ext
 
-from core.bad_samples import BadSample
-from core.errors import ConfigError, DataError
+from core import BadSample, ConfigError, DataError
+from plugins.wds.config import SECTION, require_shards
 
-KEY = "dataset.train.wds"
 GOPEN_SCHEMES = ("pipe:", "http://", "https://")
 
 
@@ -32,19 +31,17 @@ def is_remote(url: str) -> bool:
 
 
 def list_shards(wds: Any, record: Callable[[str, str, str], None]) -> list[str]:
-    """Every shard of ``wds`` (a :class:`core.config.WdsConfig`); missing local shards go to
+    """Every shard of ``wds`` (a :class:`plugins.wds.config.WdsConfig`); missing local shards go to
     ``record`` (skipped, or an error under ``on_bad_sample = "error"``)."""
+    require_shards(wds)
     if wds.shard_list_file:
         shards = _from_list(wds.shard_list_file, wds.root_dir)
-    elif wds.root_dir:
+    else:
         root = Path(wds.root_dir).expanduser()
         if is_remote(wds.root_dir) or not root.is_dir():
-            raise ConfigError(f"root_dir {wds.root_dir} is not a local folder", where=f"{KEY}.root_dir",
+            raise ConfigError(f"root_dir {wds.root_dir} is not a local folder", where=f"{SECTION.path}.root_dir",
                               fix="point it at a folder of *.tar shards, or list remote shards in shard_list_file")
         shards = sorted(str(p) for p in root.rglob("*.tar"))
-    else:
-        raise ConfigError("no shards configured", where=KEY,
-                          fix=f"set {KEY}.root_dir (a folder of *.tar shards) or {KEY}.shard_list_file")
     present = []
     for shard in shards:
         if is_remote(shard) or os.path.isfile(shard):
@@ -52,7 +49,7 @@ def list_shards(wds: Any, record: Callable[[str, str, str], None]) -> list[str]:
         else:
             record(shard, "missing-shard", "no such file")
     if not present:
-        raise DataError("no shards found", where=f"{KEY}.{'shard_list_file' if wds.shard_list_file else 'root_dir'}",
+        raise DataError("no shards found", where=f"{SECTION.path}.{'shard_list_file' if wds.shard_list_file else 'root_dir'}",
                         fix="check the paths; shards are WebDataset .tar files")
     return present
 
@@ -62,7 +59,7 @@ def _from_list(list_file: str, root_dir: str | None) -> list[str]:
         lines = Path(list_file).expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the shard list ({type(exc).__name__}: {exc})",
-                        where=f"{KEY}.shard_list_file", fix="point it at a text file, one shard per line") from None
+                        where=f"{SECTION.path}.shard_list_file", fix="point it at a text file, one shard per line") from None
     base = root_dir if root_dir else str(Path(list_file).expanduser().resolve().parent)
     shards = []
     for line in lines:
@@ -141,7 +138,7 @@ def count_samples(url: str, record: Callable[[str, str, str], None]) -> int:
     """Samples in a local shard (tar headers only; consecutive members sharing a key are one).
     A shard that cannot be read to its end goes to ``record``; its readable part counts."""
     if is_remote(url):
-        raise ConfigError(f"cannot count the samples of remote shard {url}", where=f"{KEY}.count_samples",
+        raise ConfigError(f"cannot count the samples of remote shard {url}", where=f"{SECTION.path}.count_samples",
                           fix="set count_samples = false and samples_per_shard to the shards' size")
     count, last = 0, None
     try:

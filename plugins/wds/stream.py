@@ -21,9 +21,7 @@ import attrs
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from core.bad_samples import BadSample
-from core.captions import parse_captions
-from core.images import decoded, open_image
+from core import BadSample, decoded, open_image, parse_captions
 from plugins.wds.shards import read_shard
 
 log = logging.getLogger("clipcore.data")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import attrs
 import webdataset
 
-from core.data import RawSample
+from core import RawSample
+from plugins.wds.config import SECTION
 
 
 def write_shards(folder: Path, samples: Sequence[RawSample], shards: int) -> list[int]:
@@ -32,7 +34,7 @@ def write(folder: Path, samples: Sequence[RawSample], config: Any) -> Any:
     8 gets whole shards), their real sizes counted."""
     write_shards(folder, samples, shards=8)
     config.dataset.train.type = "wds"
-    config.dataset.train.wds.root_dir = str(folder)
-    config.dataset.train.wds.shard_list_file = None
-    config.dataset.train.wds.count_samples = True
+    config.plugins[SECTION.path] = attrs.evolve(SECTION.of(config), root_dir=str(Path(folder).resolve()),
+                                                shard_list_file=None, count_samples=True,
+                                                caption_mode="lines")
     return config

@@ -5,16 +5,14 @@ Small enough to train on a CPU in seconds; built only on the public ``core`` API
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core import hookimpl
-from core.weights import init_logit_values
-from core.backbone import (LN_10, BackboneFamily, ClipModel, PreprocessSpec, TextSpec,
-                           init_logit_params)
+from core import BackboneFamily, ClipModel, PreprocessSpec, TextSpec, hookimpl, init_logit_params, init_logit_values
 
 CONTEXT_LENGTH = 32
 PAD, EOS = 0, 1
@@ -58,7 +56,7 @@ class TinyClip(ClipModel):
     fsdp_wrap_classes = (ConvBlock, nn.TransformerEncoderLayer)
 
     def __init__(self, model_type: str, *, width: int = 32, embed_dim: int = 32, image_size: int = 32,
-                 logit_scale: float = LN_10, logit_bias: float | None = -10.0):
+                 logit_scale: float = math.log(10.0), logit_bias: float | None = -10.0):
         super().__init__()
         self.model_type, self.embed_dim = model_type, embed_dim
         self.tokenizer = ByteTokenizer()
@@ -109,7 +107,7 @@ class TinyClip(ClipModel):
 
 def build(cfg) -> TinyClip:
     """``model.pretrained`` must be false: this example publishes no weights."""
-    from core.errors import ClipcoreError
+    from core import ClipcoreError
 
     if cfg.model.pretrained is not False:
         raise ClipcoreError("example-tiny has no published weights", where="model.pretrained",

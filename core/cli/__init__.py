@@ -1,0 +1,1 @@
+"""The ``core`` command line (:mod:`.main`) and one thin module per command."""

@@ -1,0 +1,257 @@
+"""Generate the demo dataset: synthetic scenes of coloured shapes with several captions each.
+
+Each 64×64 image holds one or two shapes (circle, square, triangle, diamond, star, cross) in
+one of eight colours, small or large, in a cell of a 3×3 grid, on a dark noisy background.
+Every image has four captions in varied wording (``lines`` caption mode), each naming every
+shape's size, colour, kind and position, so text can find its image. The data is a function of
+the seed alone (each sample has its own random stream). Layout::
+
+    OUT/train   the training pairs, written by the --format plugin
+    OUT/val     the validation pairs, by the same format if it builds evaluation sets, else by the
+                first installed format that does
+    OUT/dataset.toml   the [dataset] section that reads them back
+
+Colours and positions are what the captions describe, so train with colour jitter, grayscale
+and random crops off (dataset.toml sets them so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import numpy as np
+import tomli_w
+from PIL import Image, ImageDraw
+
+from core.spec.config import ExperimentConfig
+from core.spec.load import load_config
+from core.data import RawSample
+from core.errors import ClipcoreError
+
+SIZE = 64
+SUPERSAMPLE = 4
+CAPTIONS_PER_IMAGE = 4
+
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (240, 220, 50),
+    "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "cyan": (40, 210, 220),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
+RADIUS = {"small": (4.5, 6.0), "large": (8.0, 9.5)}  # half-extent in output pixels (a cell is 21)
+# 3×3 grid cells: (column, row) -> phrases, and short forms.
+POSITIONS = {
+    (0, 0): (("in the top left corner", "at the upper left", "in the top-left"), "top left"),
+    (1, 0): (("at the top", "in the top middle", "near the top edge"), "top"),
+    (2, 0): (("in the top right corner", "at the upper right", "in the top-right"), "top right"),
+    (0, 1): (("on the left", "at the left side", "in the middle left"), "left"),
+    (1, 1): (("in the center", "in the middle", "at the centre"), "center"),
+    (2, 1): (("on the right", "at the right side", "in the middle right"), "right"),
+    (0, 2): (("in the bottom left corner", "at the lower left", "in the bottom-left"), "bottom left"),
+    (1, 2): (("at the bottom", "in the bottom middle", "near the bottom edge"), "bottom"),
+    (2, 2): (("in the bottom right corner", "at the lower right", "in the bottom-right"), "bottom right"),
+}
+SINGLE = (
+    "a {size} {colour} {shape} {where}",
+    "there is a {size} {colour} {shape} {where}",
+    "{Short}: a {size} {colour} {shape}",
+    "a {colour} {shape}, {size}, {where}",
+    "picture of a {size} {shape} in {colour} {where}",
+    "{where_cap} a {size} {colour} {shape}",
+)
+PART = (  # noun phrases joined by PAIR
+    "a {size} {colour} {shape} {where}",
+    "a {size} {shape} in {colour} {where}",
+    "a {colour} {shape}, {size}, {where}",
+    "a {size} {colour} {shape} ({short})",
+)
+PAIR = (
+    "{a} and {b}",
+    "two shapes: {a} and {b}",
+    "{a}; {b}",
+    "{a}, and also {b}",
+)
+
+
+@attrs.frozen
+class Shape:
+    kind: str
+    colour: str
+    size: str
+    cell: tuple[int, int]
+
+
+def scene(rng: np.random.Generator) -> list[Shape]:
+    """One or two shapes in distinct cells with distinct (kind, colour)."""
+    count = 1 if rng.random() < 0.5 else 2
+    cells = [tuple(c) for c in rng.permutation(list(POSITIONS))[:count]]
+    shapes: list[Shape] = []
+    while len(shapes) < count:
+        kind, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
+        if all((kind, colour) != (s.kind, s.colour) for s in shapes):
+            size = "small" if rng.random() < 0.5 else "large"
+            shapes.append(Shape(kind, colour, size, cells[len(shapes)]))
+    return shapes
+
+
+def render(shapes: list[Shape], rng: np.random.Generator) -> Image.Image:
+    """The scene at 64×64 (drawn 4× larger and box-downsampled, so edges are anti-aliased)."""
+    big = SIZE * SUPERSAMPLE
+    background = int(rng.integers(10, 70))
+    image = Image.new("RGB", (big, big), (background,) * 3)
+    draw = ImageDraw.Draw(image)
+    for shape in shapes:
+        cx = (shape.cell[0] + 0.5) * SIZE / 3 + rng.uniform(-1.5, 1.5)
+        cy = (shape.cell[1] + 0.5) * SIZE / 3 + rng.uniform(-1.5, 1.5)
+        radius = rng.uniform(*RADIUS[shape.size])
+        colour = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLOURS[shape.colour])
+        _draw(draw, shape.kind, cx * SUPERSAMPLE, cy * SUPERSAMPLE, radius * SUPERSAMPLE, colour)
+    small = np.asarray(image.reduce(SUPERSAMPLE), dtype=np.int16)
+    noisy = small + rng.normal(0, 4, small.shape).round().astype(np.int16)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _draw(draw: ImageDraw.ImageDraw, kind: str, x: float, y: float, r: float, colour: tuple[int, ...]) -> None:
+    if kind == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    elif kind == "square":
+        s = r * 0.85
+        draw.rectangle([x - s, y - s, x + s, y + s], fill=colour)
+    elif kind == "triangle":
+        draw.polygon([(x, y - r), (x + r * 0.95, y + r * 0.75), (x - r * 0.95, y + r * 0.75)], fill=colour)
+    elif kind == "diamond":
+        draw.polygon([(x, y - r), (x + r * 0.8, y), (x, y + r), (x - r * 0.8, y)], fill=colour)
+    elif kind == "star":
+        angles = np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        draw.polygon([(x + q * np.cos(a), y - q * np.sin(a)) for a, q in zip(angles, radii)], fill=colour)
+    else:  # cross
+        t = r * 0.33
+        draw.rectangle([x - r, y - t, x + r, y + t], fill=colour)
+        draw.rectangle([x - t, y - r, x + t, y + r], fill=colour)
+
+
+def captions(shapes: list[Shape], rng: np.random.Generator) -> list[str]:
+    """Four differently worded captions, each describing every shape (in a random order)."""
+    out = []
+    for template in rng.permutation(len(SINGLE))[:CAPTIONS_PER_IMAGE]:
+        if len(shapes) == 1:
+            out.append(_describe(shapes[0], SINGLE[template], rng))
+            continue
+        a, b = (_describe(shapes[i], PART[rng.integers(len(PART))], rng) for i in rng.permutation(len(shapes)))
+        out.append(PAIR[template % len(PAIR)].format(a=a, b=b))
+    return out
+
+
+def _describe(shape: Shape, template: str, rng: np.random.Generator) -> str:
+    phrases, short = POSITIONS[shape.cell]
+    where = phrases[rng.integers(len(phrases))]
+    return template.format(size=SIZE_WORDS[shape.size][rng.integers(3)], colour=shape.colour, shape=shape.kind,
+                           where=where, where_cap=where[0].upper() + where[1:] + ",", short=short,
+                           Short=short[0].upper() + short[1:])
+
+
+def sample(seed: int, split: str, index: int) -> RawSample:
+    """Sample ``index`` of ``split``: a PNG and its captions, one per line."""
+    rng = np.random.default_rng([seed, {"train": 0, "val": 1}[split], index])
+    shapes = scene(rng)
+    buffer = io.BytesIO()
+    render(shapes, rng).save(buffer, "PNG", compress_level=1)
+    text = "\n".join(captions(shapes, rng)) + "\n"
+    return RawSample(key=f"{split}-{index:06d}", image=buffer.getvalue(), caption=text.encode("utf-8"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="output folder")
+    parser.add_argument("--format", default=ExperimentConfig().dataset.train.type,
+                        help="training data format (`core plugins` lists them; default: dataset.train.type's default)")
+    parser.add_argument("--n", type=int, default=5000, help="training pairs (default 5000)")
+    parser.add_argument("--val", type=int, default=500, help="validation pairs (default 500)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--force", action="store_true", help="replace OUT/train and OUT/val if they exist")
+
+
+def run(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from core.registry import get_registry
+
+    registry = get_registry()
+    fmt = registry.get("dataset_formats", args.format, key="--format")
+    if fmt.write is None:
+        raise ClipcoreError(f"dataset format {args.format!r} cannot write data", where="--format",
+                            fix="choose a format that can: " + ", ".join(_writers(registry)))
+    val_format = fmt if fmt.retrieval is not None else _retrieval_writer(registry)
+    if args.n < 1 or args.val < 1:
+        raise ClipcoreError("--n and --val must be at least 1", where="core demo-data")
+    out = Path(args.out)
+    for part in ("train", "val"):
+        if (out / part).exists():
+            if not args.force:
+                raise ClipcoreError(f"{out / part} already exists", where="core demo-data",
+                                    fix="choose another OUT, or pass --force to replace it")
+            shutil.rmtree(out / part)
+    train = _generate(args.seed, "train", args.n)
+    val = _generate(args.seed, "val", args.val)
+    console = Console(stderr=True)
+    with console.status("writing files"):
+        cfg = fmt.write(out / "train", train, load_config(None))
+        cfg.dataset.val = val_format.write(out / "val", val, load_config(None)).dataset.val
+    section = dataset_section(cfg, load_config(None))
+    (out / "dataset.toml").write_text(tomli_w.dumps(section), encoding="utf-8")
+    console.print(f"wrote {args.n} training and {args.val} validation pairs ({args.format}) to {out}; "
+                  f"the dataset section that reads them is in {out / 'dataset.toml'}", markup=False)
+
+
+def _writers(registry: Any) -> list[str]:
+    return [name for name, e in registry.entries["dataset_formats"].items() if e.obj.write is not None]
+
+
+def _retrieval_writer(registry: Any) -> Any:
+    """The first installed format that writes data and builds evaluation sets (for the val split)."""
+    for entry in registry.entries["dataset_formats"].values():
+        if entry.obj.write is not None and entry.obj.retrieval is not None:
+            return entry.obj
+    raise ClipcoreError("no installed dataset format can write a validation set", where="core demo-data",
+                        fix="install a format plugin with both `write` and `retrieval`")
+
+
+def _generate(seed: int, split: str, n: int) -> list[RawSample]:
+    from rich.progress import track
+
+    return [sample(seed, split, i) for i in track(range(n), description=f"generating {split}", transient=True)]
+
+
+def dataset_section(cfg: ExperimentConfig, defaults: ExperimentConfig) -> dict[str, Any]:
+    """The ``[dataset]`` table that reads the written data: what the formats' writers set (core's
+    fields and the formats' own sections under ``dataset``), and augmentation that keeps colours and
+    positions (what the captions describe)."""
+    table = _changed(cattrs.unstructure(cfg.dataset), cattrs.unstructure(defaults.dataset))
+    for path, value in cfg.plugins.items():
+        if path.startswith("dataset."):
+            diff = _changed(cattrs.unstructure(value), cattrs.unstructure(defaults.plugins[path]))
+            node = table
+            for part in path.split(".")[1:]:
+                node = node.setdefault(part, {})
+            node.update(diff)
+    for split in ("train", "val"):
+        table.setdefault(split, {})["type"] = getattr(cfg.dataset, split).type
+    table["augmentation"] = {"scale": [1.0, 1.0], "color_jitter": [], "grayscale": 0.0}
+    return {"dataset": table}
+
+
+def _changed(value: Any, default: Any) -> Any:
+    """The parts of an unstructured ``value`` that differ from ``default`` (unset keys left out)."""
+    if isinstance(value, dict):
+        out = {k: _changed(v, default.get(k) if isinstance(default, dict) else None) for k, v in value.items()
+               if v is not None and v != (default.get(k) if isinstance(default, dict) else None)}
+        return {k: v for k, v in out.items() if v != {}}
+    if isinstance(value, list):
+        return [_changed(v, {}) for v in value]
+    return value

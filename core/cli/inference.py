@@ -1,0 +1,221 @@
+"""``core inference``: image and text embeddings to HDF5, in TAO's layout.
+
+Inputs: the images under ``inference.datasets`` (each ``image_dir`` searched recursively for
+``.jpg .jpeg .png .bmp .gif .webp`` in any case, sorted by path; entries concatenated) and/or
+the prompts of ``inference.text_file`` (one per line, blank lines dropped). The model is
+``inference.checkpoint``, ``inference.onnx_file``, ``inference.trt_engine`` or, with none set,
+the pretrained weights of ``model.type``.
+
+Outputs in ``<results_dir>/inference/``:
+
+- ``image_embeddings.h5``: ``embeddings`` float32 ``[N, D]`` (L2-normalised, gzip 4),
+  ``image_paths`` UTF-8 strings ``[N]``; attributes ``num_images``, ``embedding_dim``,
+  ``embedding_type = "image"``;
+- ``text_embeddings.h5``: ``embeddings`` ``[M, D]``, ``texts`` ``[M]``; ``num_texts``,
+  ``embedding_dim``, ``embedding_type = "text"``.
+
+Both files also record where the embeddings came from (``model_type``, ``checkpoint`` or
+``onnx_file`` / ``trt_engine``, ``pretrained``, and ``config``, the resolved spec as TOML) so that
+``core search`` encodes queries with the same model. Rows are written in chunks as they are
+computed (a million images never sit in memory) into a temporary file renamed into place at the
+end. An unreadable image is skipped (its path and reason logged and listed in
+``skipped.jsonl``; ``dataset.on_bad_sample = "error"`` stops instead): row ``i`` of
+``embeddings`` is always the image in row ``i`` of ``image_paths``. With several processes
+(``-g N``, or under torchrun) each embeds a contiguous block of the images into a part file and
+rank 0 joins the parts in order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import attrs
+import h5py
+import numpy as np
+import torch
+
+from core.bad_samples import BadSampleLog
+from core.cli.launch import run_embedding_action
+from core.runtime.distributed import World
+from core.eval.embed import Encoder, Shard, image_batches, list_images, path_loader, progress_bar, text_batches
+from core.errors import DataError
+from core.images import IMAGE_EXTENSIONS
+
+IMAGE_FILE, TEXT_FILE = "image_embeddings.h5", "text_embeddings.h5"
+SKIPPED_FILE = "skipped.jsonl"
+WRITE_CHUNK = 4096  # rows per HDF5 chunk and per copy when joining rank parts
+
+
+def run(cfg, args) -> None:
+    """Embed here, or launch torchrun for ``inference.num_gpus`` > 1 processes."""
+    run_embedding_action(cfg, args, "inference", _infer_and_report)
+
+
+def _infer_and_report(cfg, encoder: Encoder, world: World, out_dir: Path) -> None:
+    written = infer(cfg, encoder, world, out_dir)
+    if world.is_main:
+        for path, count in written:
+            print(f"wrote {count} embeddings to {path}")
+
+
+def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path, int]]:
+    """Write the image and/or text embedding files; ``(path, rows)`` of each (on rank 0)."""
+    inf = cfg.inference
+    if not inf.datasets and not inf.text_file:
+        raise DataError("nothing to embed: inference.datasets and inference.text_file are unset",
+                        where="inference", fix="add [[inference.datasets]] with image_dir, or set inference.text_file")
+    texts = read_prompts(inf.text_file) if inf.text_file else None
+    paths = [p for i, entry in enumerate(inf.datasets)
+             for p in list_images(entry.image_dir, key=f"inference.datasets.{i}.image_dir")]
+    if inf.datasets and not paths:
+        raise DataError("no images found in inference.datasets", where="inference.datasets",
+                        fix="point image_dir at folders with " + "/".join(IMAGE_EXTENSIONS) + " files")
+    provenance = provenance_attrs(cfg, encoder)
+    written = []
+    with progress_bar(world.is_main) as progress:
+        if paths:
+            bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, file_name=SKIPPED_FILE,
+                               phase="inference")
+            shard = Shard.of(len(paths), world.rank, world.size)
+            load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
+            batches = _image_rows(encoder, load, paths, range(shard.start, shard.stop), inf, bad, progress)
+            written.append(_write_sharded(out_dir / IMAGE_FILE, "image", provenance, batches, world))
+            bad.report("inference")
+        if texts is not None:
+            shard = Shard.of(len(texts), world.rank, world.size)
+            mine = texts[shard.start:shard.stop]
+            batches = ((mine[s:s + len(e)], e) for s, e in
+                       text_batches(encoder, mine, batch_size=inf.batch_size, progress=progress,
+                                    description="inference: texts"))
+            written.append(_write_sharded(out_dir / TEXT_FILE, "text", provenance, batches, world))
+    return written
+
+
+def read_prompts(path: str) -> list[str]:
+    """The non-blank lines of ``path`` (stripped)."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read prompts: {exc}", where="inference.text_file",
+                        fix="a UTF-8 text file with one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise DataError(f"{path} has no prompts (every line is blank)", where="inference.text_file",
+                        fix="write one prompt per line")
+    return prompts
+
+
+def _image_rows(encoder, load, paths, indices, inf, bad: BadSampleLog, progress) -> Iterator[tuple[list[str], torch.Tensor]]:
+    for batch in image_batches(encoder, load, indices, batch_size=inf.batch_size, num_workers=inf.num_workers,
+                               progress=progress, description="inference: images"):
+        for index, reason, detail in batch.failed:
+            bad.record(str(paths[index]), reason, detail)
+        yield [str(paths[i]) for i in batch.indices], batch.embeddings
+
+
+# --------------------------------------------------------------------------- provenance
+def provenance_attrs(cfg, encoder: Encoder) -> dict[str, str]:
+    """Where the embeddings come from, for ``core search``: the encoder's ``source``, the
+    tokenizer path and the resolved spec (local paths made absolute) as TOML under ``config``."""
+    from core.registry import get_registry
+    from core.spec.render import render
+
+    cfg = _absolute_paths(cfg)
+    sections = {path: section.cls for path, section in get_registry().config_sections().items()}
+    spec = render(cfg, sections, header=["# the spec these embeddings were computed with (core inference)"])
+    return {**encoder.source, "tokenizer_path": cfg.model.tokenizer_path or "", "config": spec}
+
+
+def _absolute_paths(cfg):
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    inf, model = cfg.inference, cfg.model
+    pretrained = model.pretrained
+    if isinstance(pretrained, str) and Path(pretrained).expanduser().exists():
+        pretrained = absolute(pretrained)
+    return attrs.evolve(
+        cfg, inference=attrs.evolve(inf, **{k: absolute(getattr(inf, k)) for k in ("checkpoint", "onnx_file", "trt_engine")}),
+        model=attrs.evolve(model, pretrained=pretrained, tokenizer_path=absolute(model.tokenizer_path)))
+
+
+# --------------------------------------------------------------------------- HDF5
+NAMES = {"image": ("image_paths", "num_images"), "text": ("texts", "num_texts")}
+CHUNK_ROWS = 256
+CACHE_BYTES = 64 * 2**20
+
+
+def write_embeddings(path: Path, kind: str, attributes: dict[str, Any],
+                     batches: Iterator[tuple[Sequence[str], torch.Tensor]], *, allow_empty: bool = False) -> int:
+    """Stream ``(names, embeddings)`` batches into ``path`` (a temporary file renamed into place
+    when complete); returns the number of rows. ``kind`` is ``image`` or ``text``."""
+    names_key, count_key = NAMES[kind]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    rows = 0
+    try:
+        with h5py.File(tmp, "w", rdcc_nbytes=CACHE_BYTES) as f:
+            names = f.create_dataset(names_key, shape=(0,), maxshape=(None,), chunks=(CHUNK_ROWS,),
+                                     dtype=h5py.string_dtype("utf-8"))
+            embeddings = None
+            for batch_names, batch in batches:
+                n = len(batch_names)
+                if not n:
+                    continue
+                if embeddings is None:
+                    dim = batch.shape[1]
+                    embeddings = f.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim), dtype="f4",
+                                                  chunks=(CHUNK_ROWS, dim), compression="gzip", compression_opts=4)
+                embeddings.resize(rows + n, axis=0)
+                embeddings[rows:] = batch.numpy().astype(np.float32, copy=False)
+                names.resize(rows + n, axis=0)
+                names[rows:] = list(batch_names)
+                rows += n
+            if embeddings is None and not allow_empty:
+                raise DataError(f"no {kind} could be embedded, so {path.name} would be empty",
+                                where="inference.datasets" if kind == "image" else "inference.text_file",
+                                fix="see bad_samples.jsonl for why each image was skipped")
+            f.attrs.update({count_key: rows, "embedding_type": kind, **attributes})
+            f.attrs["embedding_dim"] = 0 if embeddings is None else embeddings.shape[1]
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def read_embedding_rows(path: Path, kind: str, rows: int = CHUNK_ROWS * 16) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """``(names, embeddings)`` batches of an embedding file (none for an empty part)."""
+    names_key, _ = NAMES[kind]
+    with h5py.File(path, "r") as f:
+        if "embeddings" not in f:
+            return
+        for start in range(0, f["embeddings"].shape[0], rows):
+            yield list(f[names_key].asstr()[start:start + rows]), torch.from_numpy(f["embeddings"][start:start + rows])
+
+
+def _write_sharded(path: Path, kind: str, attributes: dict[str, Any], batches, world: World) -> tuple[Path, int | None]:
+    """One process writes ``path``; several write one part each, and rank 0 joins them in rank order."""
+    if world.size == 1:
+        return path, write_embeddings(path, kind, attributes, batches)
+    parts = [path.with_name(f".{path.stem}.rank{rank}.h5") for rank in range(world.size)]
+    write_embeddings(parts[world.rank], kind, attributes, batches, allow_empty=True)
+    torch.distributed.barrier()
+    if not world.is_main:
+        return path, None
+    rows = write_embeddings(path, kind, attributes, (b for part in parts for b in read_embedding_rows(part, kind)))
+    for part in parts:
+        part.unlink()
+    return path, rows
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

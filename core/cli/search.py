@@ -1,0 +1,154 @@
+"""``core search``: exact nearest-neighbour search over the image embeddings of ``core inference``.
+
+    core search --images results/inference/image_embeddings.h5 "a red car" "a dog on a beach" -k 10
+    core search --images image_embeddings.h5 --image query.jpg -k 5
+
+Queries are encoded with the model the embeddings came from, as recorded in the HDF5 file (its
+``config`` attribute: model type, checkpoint or ONNX or engine file, tokenizer); ``-c spec`` and
+``-o section.key=value`` replace or adjust that record. Scores are cosine similarities; every
+image is scored (exact search), streaming the file in blocks. Equal scores rank by row order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from core.errors import ClipcoreError, ConfigError, DataError
+
+BLOCK_ROWS = 65536
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("queries", nargs="*", metavar="TEXT", help="text queries")
+    parser.add_argument("--images", required=True, metavar="H5",
+                        help="image_embeddings.h5 written by `core inference`")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="an image query (image-to-image search); repeatable")
+    parser.add_argument("-k", "--top_k", type=int, default=10, help="results per query (default 10)")
+    parser.add_argument("-c", "--config", metavar="SPEC",
+                        help="spec whose model and inference.checkpoint/onnx_file/trt_engine encode the queries "
+                             "(default: the one recorded in the HDF5 file)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="section.key=value",
+                        help="dotted override of that spec; repeatable")
+
+
+def run(args: argparse.Namespace) -> None:
+    if not args.queries and not args.image:
+        raise ClipcoreError("no query given", where="core search",
+                            fix='pass text queries ("a red car") and/or --image path.jpg')
+    if args.top_k < 1:
+        raise ClipcoreError(f"-k must be >= 1, got {args.top_k}", where="-k")
+    path = Path(args.images).expanduser()
+    info = read_header(path)
+    cfg, encoder = query_encoder(path, info, args.config, args.override)
+    labels, queries = encode_queries(encoder, args.queries, args.image, max_pixels=cfg.dataset.max_image_pixels)
+    if queries.shape[1] != info["dim"]:
+        raise ClipcoreError(f"the queries are {queries.shape[1]}-dimensional but {path} holds "
+                            f"{info['dim']}-dimensional embeddings", where="-c / model",
+                            fix="encode queries with the model that wrote the file (drop -c and -o)")
+    scores, rows = top_k(path, queries, args.top_k)
+    with h5py.File(path, "r") as f:
+        names = f["image_paths"].asstr()
+        console = Console()
+        for label, row_scores, row_index in zip(labels, scores, rows):
+            table = Table(title=label, title_justify="left")
+            table.add_column("rank", justify="right")
+            table.add_column("score", justify="right")
+            table.add_column("image", overflow="fold")
+            for rank, (score, index) in enumerate(zip(row_scores, row_index), start=1):
+                table.add_row(str(rank), f"{score:.4f}", names[int(index)])
+            console.print(table)
+
+
+def read_header(path: Path) -> dict:
+    """The file's row count, dimension and recorded spec (``None`` when absent), checked."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist", where="--images",
+                        fix="run `core inference` first and pass its image_embeddings.h5")
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("embedding_type")
+            if kind != "image" or "embeddings" not in f or "image_paths" not in f:
+                raise DataError(f"{path} is not an image embedding file (embedding_type {kind!r})", where="--images",
+                                fix="pass the image_embeddings.h5 written by `core inference`")
+            rows, dim = f["embeddings"].shape
+            config = f.attrs.get("config")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}", where="--images", fix="pass an HDF5 file") from None
+    return {"rows": rows, "dim": dim, "config": config}
+
+
+def query_encoder(path: Path, info: dict, config: str | None, overrides: Sequence[str]):
+    """The spec ``config`` (else the one recorded in the file) with ``overrides``, and its encoder."""
+    from core import spec
+    from core.eval.embed import open_encoder
+
+    if config is None and info["config"] is None:
+        raise ClipcoreError(f"{path} does not record the model that wrote it (not written by clipcore?)",
+                            where="--images", fix="pass the spec used for inference with -c spec.toml")
+    if config is None:
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", encoding="utf-8") as f:
+            f.write(info["config"])
+            f.flush()
+            cfg = spec.load_config(f.name, overrides)
+    else:
+        cfg = spec.load_config(config, overrides)
+    inf = cfg.inference
+    if inf.checkpoint is None and inf.onnx_file is None and inf.trt_engine is None and cfg.model.pretrained is False:
+        raise ConfigError("the embeddings come from a randomly initialised model (model.pretrained = false, no "
+                          "inference.checkpoint), so queries cannot be encoded with the same weights",
+                          where="inference.checkpoint",
+                          fix="embed with a checkpoint or pretrained weights, or pass -o inference.checkpoint=...")
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return cfg, open_encoder(cfg, "inference", device)
+
+
+def encode_queries(encoder, texts: Sequence[str], images: Sequence[str], *,
+                   max_pixels: int) -> tuple[list[str], torch.Tensor]:
+    """Labels and L2-normalised embeddings of the text queries, then the image queries."""
+    from core.bad_samples import BadSample
+    from core.eval.embed import path_loader
+
+    parts, labels = [], []
+    if texts:
+        parts.append(encoder.encode_texts(list(texts)))
+        labels += [f'"{t}"' for t in texts]
+    if images:
+        load = path_loader(images, encoder.transform, max_pixels=max_pixels)
+        items = []
+        for i, image in enumerate(images):
+            try:
+                items.append(load(i))
+            except BadSample as bad:
+                raise DataError(f"cannot read the query image ({bad})", where=str(image),
+                                fix="pass a readable image file") from None
+        parts.append(encoder.encode_images(items))
+        labels += [f"image {p}" for p in images]
+    return labels, torch.cat(parts)
+
+
+def top_k(path: Path, queries: torch.Tensor, k: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and row indices of the ``k`` best images per query (ties: lower row first),
+    scanning the file's embeddings block by block."""
+    q = queries.numpy().astype(np.float32)
+    best_scores = np.empty((len(q), 0), np.float32)
+    best_rows = np.empty((len(q), 0), np.int64)
+    with h5py.File(path, "r") as f:
+        embeddings = f["embeddings"]
+        for start in range(0, embeddings.shape[0], block_rows):
+            block = embeddings[start:start + block_rows]
+            scores = np.concatenate([best_scores, q @ block.T], axis=1)
+            rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))],
+                                  axis=1)
+            order = np.lexsort((rows, -scores), axis=-1)[:, :k]
+            best_scores, best_rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    return best_scores, best_rows

@@ -1,0 +1,93 @@
+"""Zero-shot classification on an ImageFolder tree (``evaluate.classification_dir``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from core.bad_samples import BadSampleLog
+from core.errors import DataError
+from core.eval.embed import Encoder, embed_images, embed_texts, list_images, path_loader
+from core.eval.metrics import classification_metrics
+from core.runtime.distributed import World
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.",
+    "a bright photo of a {}.", "a dark photo of a {}.", "a photo of a small {}.", "a photo of a large {}.",
+)
+
+
+def class_folders(root: str) -> list[Path]:
+    """The class folders of an ImageFolder tree (sorted; hidden folders skipped)."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"classification folder {path} does not exist", where="evaluate.classification_dir",
+                        fix="point it at a folder with one sub-folder of images per class")
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{path} has no class sub-folders", where="evaluate.classification_dir",
+                        fix="put each class's images in its own sub-folder (ImageFolder layout)")
+    return folders
+
+
+def class_names(folders: Sequence[Path], names_file: str | None) -> list[str]:
+    """Names from ``names_file`` (one per line, in folder order), else the folder names with
+    ``_`` read as spaces."""
+    if names_file is None:
+        return [f.name.replace("_", " ") for f in folders]
+    path = Path(names_file).expanduser()
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read class names: {exc}", where="evaluate.class_names_file",
+                        fix="a UTF-8 text file with one class name per line") from None
+    if len(names) != len(folders):
+        raise DataError(f"{path} has {len(names)} class names but the classification folder has "
+                        f"{len(folders)} class folders", where="evaluate.class_names_file",
+                        fix="write one name per class folder, in the sorted order of the folders: "
+                            + ", ".join(f.name for f in folders[:5]) + (", ..." if len(folders) > 5 else ""))
+    return names
+
+
+def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLog, progress=None) -> dict[str, Any] | None:
+    """Zero-shot classification on ``evaluate.classification_dir`` (rank 0's result, else ``None``).
+
+    A class's text embedding is the normalised mean of its prompts' embeddings, one prompt per
+    template (``evaluate.templates``, else :data:`DEFAULT_TEMPLATES`)."""
+    ev = cfg.evaluate
+    folders = class_folders(ev.classification_dir)
+    names = class_names(folders, ev.class_names_file)
+    paths, labels = [], []
+    for label, folder in enumerate(folders):
+        found = list_images(folder, key="evaluate.classification_dir")
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
+        raise DataError(f"no images in the class folders of {ev.classification_dir}",
+                        where="evaluate.classification_dir", fix="add images (.jpg, .png, ...) to the class folders")
+    templates = list(ev.templates) or list(DEFAULT_TEMPLATES)
+    prompts = [t.replace("{}", name) for name in names for t in templates]
+    texts = embed_texts(encoder, prompts, world=world, batch_size=ev.batch_size, progress=progress,
+                        description="classify: prompts")
+    load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
+    images = embed_images(encoder, load, len(paths), world=world, batch_size=ev.batch_size,
+                          num_workers=ev.num_workers, progress=progress, description="classify: images",
+                          on_failure=lambda i, reason, detail: bad.record(str(paths[i]), reason, detail))
+    if images is None:
+        return None
+    embeddings, loaded = images
+    if not loaded.any():
+        raise DataError(f"none of the {len(paths)} classification images could be read",
+                        where="evaluate.classification_dir", fix="see bad_samples.jsonl for the reasons")
+    class_embeddings = torch.nn.functional.normalize(texts.view(len(names), len(templates), -1).mean(1), dim=-1)
+    labels = np.asarray(labels)
+    found = classification_metrics(embeddings[torch.from_numpy(loaded)], class_embeddings, labels[loaded],
+                                   tie_policy=cfg.evaluate.tie_policy)
+    sizes = np.bincount(labels[loaded], minlength=len(names))
+    per_class = [{"class": f.name, "name": n, "images": int(s), "accuracy": a}
+                 for f, n, s, a in zip(folders, names, sizes, found.pop("per_class"))]
+    return {"num_images": int(loaded.sum()), "num_classes": len(names), "num_templates": len(templates),
+            "skipped_images": int((~loaded).sum()), **found, "per_class": per_class}

@@ -1,0 +1,60 @@
+"""Build the model an action needs: the configured type from its plugin, optionally filled from a
+clipcore checkpoint.
+
+The logit init is resolved here, once, before ``BackboneFamily.build(cfg)``: ``model.init_logit_*``
+where the spec sets them, else the loss's (``LossSpec.init_logit_scale`` / ``init_logit_bias``; the
+loss of ``train.loss_type`` for every action). The weights decide whether the model has a
+``logit_bias``: only training adds one, with the loss's init, where the weights have none;
+``evaluate``, ``inference`` and ``export`` never do. Families read the result through
+:func:`core.weights.init_logit_values`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+
+from core.backbone import ClipModel
+from core.weights import load_checkpoint, load_model_weights
+from core.registry import get_registry
+
+log = logging.getLogger("clipcore")
+
+
+def with_loss_logit_init(cfg, loss):
+    """``cfg`` with ``model.init_logit_scale`` / ``init_logit_bias`` taken from the training loss
+    (``LossSpec``) where the spec leaves them unset."""
+    m = cfg.model
+    return attrs.evolve(cfg, model=attrs.evolve(
+        m, init_logit_scale=loss.init_logit_scale if m.init_logit_scale is None else m.init_logit_scale,
+        init_logit_bias=loss.init_logit_bias if m.init_logit_bias is None else m.init_logit_bias))
+
+
+def build_model(cfg, checkpoint: str | None = None, *, key: str = "checkpoint", loss=None) -> ClipModel:
+    """The model for ``cfg.model.type``.
+
+    With ``checkpoint`` (a clipcore checkpoint; ``key`` is the config key it came from) the
+    architecture is built without downloading pretrained weights and filled from the file;
+    without it, weights come from ``cfg.model.pretrained``. ``loss`` (the training loss's
+    ``LossSpec``) is given by training only: its logit init fills what the spec leaves unset.
+    """
+    registry = get_registry()
+    family = registry.backbone_for(cfg.model.type)
+    configured = registry.entries["losses"].get(cfg.train.loss_type)
+    init_from = loss or (configured.obj if configured else None)
+    m = (with_loss_logit_init(cfg, init_from) if init_from is not None else cfg).model
+    if loss is None:
+        m = attrs.evolve(m, init_logit_bias=None)  # only the weights bring a bias
+    ckpt = None
+    if checkpoint:
+        ckpt = load_checkpoint(checkpoint, key=key)
+        saved_bias = "logit_bias" in ckpt.get("model", {})
+        m = attrs.evolve(m, pretrained=False, init_logit_bias=0.0 if saved_bias and m.init_logit_bias is None
+                         else m.init_logit_bias)
+    model = family.build(attrs.evolve(cfg, model=m))
+    if ckpt is not None:
+        load_model_weights(model, checkpoint, key=key, checkpoint=ckpt, keep_initial_bias=loss is not None)
+    if loss is not None and model.logit_bias is not None and (ckpt is None or "logit_bias" not in ckpt["model"]):
+        log.info("the %s loss trains a logit bias; the model's starts at %.4g", loss.name, model.logit_bias.item())
+    return model

@@ -1,0 +1,264 @@
+"""The experiment spec: every section and field of TAO's CLIP spec (same names, same defaults
+unless noted), plus clipcore's own fields, as attrs classes.
+
+Each field carries ``metadata["help"]`` (its meaning and valid values); ``core get-spec`` writes
+it as a comment and ``--help`` shows it. Valid ranges are :class:`Rule` validators (checked at
+construction and on assignment, raising :class:`InvalidValue`); a field without a default is
+required. Loading, overrides and error messages live in ``core.spec.load``; this module only declares
+the schema.
+
+Fields TAO declares but never uses (``peft``, ``regularization``, ``wandb``, ``encryption_key``)
+are left out on purpose: clipcore has no inert keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from attrs import field
+
+from core.data import DatasetEntry
+from core.fields import Rule, above, at_least, each_at_least, entries, opt, section
+
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+BATCH_OR_DYNAMIC = Rule(lambda v: v == -1 or v >= 1, "-1 (dynamic batch) or >= 1")
+MIN_IMAGE_SIDE = at_least(32)
+SCALE_RANGE = Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+                   "an ordered pair [min, max] with 0 < min <= max <= 1")
+BETAS = Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)")
+COLOR_JITTER = Rule(
+    lambda v: len(v) in (0, 4, 5) and all(x >= 0 for x in v) and (len(v) != 5 or v[0] <= 1)
+    and (not v or v[-1] <= 0.5),
+    "[] (off), [brightness, contrast, saturation, hue] or [prob, brightness, contrast, saturation, "
+    "hue]; all >= 0, prob <= 1, hue <= 0.5")
+
+
+spec = attrs.define(kw_only=True, slots=True)
+
+
+# --------------------------------------------------------------------------- model
+@spec
+class ModelConfig:
+    type: str = opt("siglip2-so400m-patch16-256",
+                    "Model type; `core plugins` lists every registered type.")
+    adaptor_name: str | None = opt(None, "The text adaptor, for families that offer several (`core plugins` shows which); other "
+                                         "families refuse it.")
+    pretrained: bool | str = opt(
+        True, "true: the type's published weights (HF cache, HF_HOME mirror or hub); false: random "
+              "init; a string: a local directory/file, a Hugging Face id or an open_clip pretrained tag.")
+    freeze_vision_encoder: bool = opt(False, "Freeze the image tower (no grad, no optimizer state, eval mode).")
+    freeze_text_encoder: bool = opt(False, "Freeze the text tower (no grad, no optimizer state, eval mode).")
+    vision_unlocked_layers: int = opt(
+        0, "With freeze_vision_encoder: keep the last N blocks of the image tower trainable (LiT-style).",
+        validator=at_least(0))
+    text_unlocked_layers: int = opt(
+        0, "With freeze_text_encoder: keep the last N blocks of the text tower trainable.",
+        validator=at_least(0))
+    image_size: int = opt(256, "Training/eval image size for families whose checkpoint does not fix it; "
+                               "fixed-resolution families use their own.",
+                               validator=MIN_IMAGE_SIDE)
+    init_logit_scale: float | None = opt(
+        None, "Initial logit scale (log space) for models started from scratch; unset: the loss's "
+              "(train.loss_type). Pretrained weights keep their learned value.")
+    init_logit_bias: float | None = opt(
+        None, "Initial logit bias for models started from scratch; unset: the loss's (none for losses "
+              "without a bias).")
+    canonicalize_text: bool | None = opt(
+        None, "Canonicalize captions (big_vision: `_`->space, strip punctuation, lower-case, collapse "
+              "spaces); unset: the family's default.")
+    tokenizer_path: str | None = opt(
+        None, "A local Hugging Face tokenizer directory (tokenizer.json ...); unset: the one beside the "
+              "weights (the model directory, or a `tokenizer/` folder next to a weights file), else the "
+              "HF cache.")
+
+
+# --------------------------------------------------------------------------- train
+@spec
+class CudnnConfig:
+    benchmark: bool = opt(False, "torch.backends.cudnn.benchmark.")
+    deterministic: bool = opt(True, "torch.backends.cudnn.deterministic.")
+
+
+@spec
+class OptimConfig:
+    optimizer_type: Literal["adamw", "lamb"] = opt("adamw", "Optimizer: adamw | lamb.")
+    vision_lr: float = opt(1e-4, "Learning rate of the image tower.", validator=at_least(0))
+    text_lr: float = opt(1e-4, "Learning rate of the text tower and of logit scale/bias.",
+                         validator=at_least(0))
+    weight_decay: float = opt(1e-4, "Weight decay (not applied to biases, norms, 1-D and logit parameters).",
+                              validator=at_least(0))
+    betas: list[float] = opt([0.9, 0.95], "Adam betas [beta1, beta2].", validator=BETAS)
+    eps: float = opt(1e-6, "Adam epsilon.", validator=above(0))
+    warmup_steps: int = opt(100, "Linear warmup steps.", validator=at_least(0))
+    scheduler: Literal["cosine", "linear", "constant"] = opt(
+        "cosine", "Schedule after warmup over the exact total step count: cosine | linear | constant.")
+
+
+@spec
+class TrainConfig:
+    num_epochs: int = opt(10, "Number of epochs (>= 1).", validator=at_least(1))
+    num_gpus: int = opt(1, "GPUs (processes) per node; > 1 launches torchrun.", validator=at_least(1))
+    gpu_ids: list[int] = opt([0], "GPU ids to use.", validator=each_at_least(0))
+    num_nodes: int = opt(1, "Number of nodes.", validator=at_least(1))
+    seed: int = opt(1234, "Random seed (< 0 disables seeding).")
+    cudnn: CudnnConfig = section(CudnnConfig, "cuDNN flags.")
+    checkpoint_interval: int = opt(1, "Save a checkpoint every N epochs (or steps, see checkpoint_interval_unit).",
+                                   validator=at_least(1))
+    checkpoint_interval_unit: Literal["epoch", "step"] = opt("epoch", "Unit of checkpoint_interval: epoch | step.")
+    validation_interval: int = opt(1, "Validate every N epochs (<= num_epochs).", validator=at_least(1))
+    val_check_interval: int | None = opt(None, "Validate every N steps instead (wins over validation_interval).",
+                                         validator=at_least(1))
+    resume_training_checkpoint_path: str | None = opt(
+        None, "Resume from this checkpoint, or `auto` for the latest in results_dir.")
+    pretrained_model_path: str | None = opt(None, "Start from a clipcore checkpoint's weights only.")
+    loss_type: str = opt("siglip", "Loss plugin (`core plugins` lists the registered losses).")
+    precision: Literal["fp32", "bf16", "fp16"] = opt(
+        "bf16", "Training precision: fp32 | bf16 | fp16 (TAO default fp16; clipcore bf16).")
+    grad_clip_norm: float | None = opt(None, "Clip the global gradient norm to this value.",
+                                       validator=above(0))
+    grad_checkpointing: bool = opt(False, "Activation (gradient) checkpointing.")
+    distributed_strategy: Literal["ddp", "fsdp"] = opt("ddp", "ddp | fsdp (FSDP2 fully_shard per block).")
+    accum_steps: int = opt(1, "Exact contrastive gradient accumulation over N micro-batches.",
+                           validator=at_least(1))
+    keep_last: int | None = opt(None, "Keep only the last N epoch/step checkpoints (latest and best are kept).",
+                                validator=at_least(1))
+    best_metric: str = opt("val/t2i_mAP", "Validation metric that selects the `best` checkpoint.")
+    log_every_n_steps: int = opt(10, "Log training metrics every N steps.", validator=at_least(1))
+    results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/train.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
+
+
+# --------------------------------------------------------------------------- dataset
+@spec
+class TrainDataConfig:
+    type: str = opt("custom", "Dataset format plugin (`core plugins` lists the registered formats).")
+    datasets: list[DatasetEntry] = entries(DatasetEntry, "Image-caption datasets, concatenated.")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
+
+
+@spec
+class ValDataConfig:
+    type: str = opt("custom", "Dataset format plugin for validation and evaluate (must support retrieval).")
+    datasets: list[DatasetEntry] = entries(DatasetEntry, "Validation datasets (custom format).")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
+
+
+@spec
+class AugmentationConfig:
+    scale: list[float] = opt([0.4, 1.0], "RandomResizedCrop scale range; [1, 1] disables.",
+                             validator=SCALE_RANGE)
+    color_jitter: list[float] = opt(
+        [0.8, 0.32, 0.32, 0.32, 0.08],
+        "[prob, brightness, contrast, saturation, hue]; the 4-element legacy form means prob 0.8; [] disables.",
+        validator=COLOR_JITTER)
+    grayscale: float = opt(0.2, "Probability of converting to grayscale.", validator=PROBABILITY)
+
+
+@spec
+class DatasetConfig:
+    seed: int = opt(42, "Data shuffling seed.")
+    pin_memory: bool = opt(True, "Pin host memory for faster GPU transfer.")
+    on_bad_sample: Literal["skip", "error"] = opt(
+        "skip", "skip: skip and record in bad_samples.jsonl; error: stop at the first bad sample.")
+    max_image_pixels: int = opt(178956970, "Refuse images with more pixels (decompression bombs).",
+                                validator=at_least(1))
+    train: TrainDataConfig = section(TrainDataConfig, "Training data.")
+    val: ValDataConfig = section(ValDataConfig, "Validation data.")
+    augmentation: AugmentationConfig = section(AugmentationConfig, "Training augmentation.")
+
+
+# --------------------------------------------------------------------------- evaluate / inference
+@spec
+class InferenceEntry:
+    image_dir: str = field(metadata={"help": "Folder of images, searched recursively."})
+
+
+@spec
+class EvalConfig:
+    checkpoint: str | None = opt(None, "clipcore checkpoint; unset: the pretrained weights.")
+    onnx_file: str | None = opt(None, "Run an exported ONNX model (ONNX Runtime) instead of a checkpoint.")
+    trt_engine: str | None = opt(None, "Run an inference engine (built by `core gen_trt_engine`) instead of a checkpoint.")
+    datasets: list[InferenceEntry] = entries(InferenceEntry, "Inference image folders.")
+    text_file: str | None = opt(None, "Inference prompts, one per line.")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
+    num_gpus: int = opt(1, "GPUs (processes).", validator=at_least(1))
+    gpu_ids: list[int] = opt([0], "GPU ids to use.", validator=each_at_least(0))
+    results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/<action>.")
+
+
+PROMPT_TEMPLATES = Rule(lambda v: all(isinstance(t, str) and t.count("{}") == 1 for t in v),
+                        'prompts containing "{}" exactly once, where the class name goes')
+
+
+@spec
+class EvaluateConfig(EvalConfig):
+    """``evaluate``: the shared fields plus zero-shot classification (evaluate only)."""
+
+    tie_policy: Literal["expected", "pessimistic"] = opt(
+        "expected", "Tied scores in retrieval and classification metrics (also for validation during training): "
+                    "expected = the expected value over a random order of the tied items (CLIP_benchmark's numbers "
+                    "when nothing ties, chance level for a collapsed model) | pessimistic = tied negatives first.")
+    classification_dir: str | None = opt(
+        None, "Zero-shot classification set: a folder with one sub-folder of images per class "
+              "(ImageFolder layout); top-1/top-5 and per-class accuracy go into results.json.")
+    class_names_file: str | None = opt(
+        None, "Class names, one per line in the sorted order of the class folders; unset: the folder "
+              "names with `_` read as spaces.")
+    templates: list[str] = opt(
+        [], 'Prompt templates, "{}" standing for the class name (e.g. "a photo of a {}."); a class\'s '
+            "text embedding is the normalised mean over templates. Empty: clipcore's default set.",
+        validator=PROMPT_TEMPLATES)
+
+
+# --------------------------------------------------------------------------- export / engines
+@spec
+class ExportConfig:
+    checkpoint: str | None = opt(None, "clipcore checkpoint; unset: the pretrained weights.")
+    onnx_file: str | None = opt(None, "Output ONNX path; separate inserts _vision/_text before .onnx.")
+    encoder_type: Literal["combined", "separate"] = opt("combined", "combined | separate.")
+    opset_version: int = opt(17, "ONNX opset (>= 11).", validator=at_least(11))
+    batch_size: int = opt(-1, "Static batch size, or -1 for a dynamic batch axis.",
+                          validator=BATCH_OR_DYNAMIC)
+    input_height: int = opt(256, "Image height (>= 32); must match the backbone.", validator=MIN_IMAGE_SIDE)
+    input_width: int = opt(256, "Image width (>= 32); must match the backbone.", validator=MIN_IMAGE_SIDE)
+    input_channel: int = opt(3, "Image channels.", validator=at_least(1))
+    attention_mask_input: bool = opt(
+        True, "Keep TAO's deprecated `attention_mask` graph input (values ignored).")
+    force: bool = opt(False, "Overwrite existing output files.")
+    gpu_id: int = opt(0, "GPU used for export.", validator=at_least(0))
+    on_cpu: bool = opt(False, "Export on CPU.")
+    verbose: bool = opt(False, "Verbose exporter output.")
+    results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/export.")
+
+
+@spec
+class GenTrtEngineConfig:
+    onnx_file: str | None = opt(None, "ONNX file, or the base path of a separate export.")
+    trt_engine: str | None = opt(None, "Output engine path.")
+    batch_size: int = opt(-1, "Static batch, or -1 to use the engine builder's batch profile.", validator=BATCH_OR_DYNAMIC)
+    timing_cache: str | None = opt(None, "Timing cache file (read and updated).")
+    gpu_id: int = opt(0, "GPU used for the build.", validator=at_least(0))
+    verbose: bool = opt(False, "Verbose builder log.")
+    results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/gen_trt_engine.")
+
+
+# --------------------------------------------------------------------------- root
+@spec
+class ExperimentConfig:
+    results_dir: str = opt("results", "Root output folder; each action writes to <results_dir>/<action>.")
+    model_name: str = opt("clip", "Kept for TAO compatibility.")
+    model: ModelConfig = section(ModelConfig, "The model.")
+    train: TrainConfig = section(TrainConfig, "Training.")
+    dataset: DatasetConfig = section(DatasetConfig, "Data.")
+    evaluate: EvaluateConfig = section(
+        EvaluateConfig, "Evaluation (retrieval metrics on dataset.val, zero-shot classification).")
+    inference: EvalConfig = section(EvalConfig, "Embedding inference (HDF5 output).")
+    export: ExportConfig = section(ExportConfig, "ONNX export.")
+    gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "Inference-engine build (the engine-builder plugin of trt_engine's suffix).")
+    plugins: dict[str, Any] = field(
+        factory=dict, metadata={"help": "Plugin-owned sections, keyed by their dotted path "
+                                        "(e.g. `model.mine`), validated by the plugin that declares them."})
