@@ -30,6 +30,7 @@ _HOME = {
     # backbone contract
     "BackboneFamily": "core.backbone", "ClipModel": "core.backbone", "PreprocessSpec": "core.backbone",
     "TextSpec": "core.backbone", "Tokenizer": "core.backbone", "init_logit_params": "core.backbone",
+    "refuse_model_keys": "core.backbone",
     # loss contract
     "LossSpec": "core.loss",
     # dataset-format contract and the helpers loaders share

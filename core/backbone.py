@@ -193,24 +193,48 @@ def init_logit_params(scale: float, bias: float | None) -> tuple[nn.Parameter, n
             None if bias is None else nn.Parameter(torch.tensor(float(bias))))
 
 
+def refuse_model_keys(cfg: Any, family: str, *keys: str) -> None:
+    """For a family's ``check(cfg)``: a ``ConfigError`` for the first of ``keys`` (``cfg.model``
+    fields this family does not support) that the spec sets."""
+    from core.errors import ConfigError
+
+    for key in keys:
+        if getattr(cfg.model, key) is not None:
+            raise ConfigError(f"model.{key} is set, but the {family} family does not use it", where=f"model.{key}",
+                              fix=f"remove model.{key} (or choose a model.type whose family supports it)")
+
+
 @attrs.frozen(kw_only=True)
 class BackboneFamily:
     """What ``register_backbones`` registers: one model family and the ``model.type`` names it builds.
 
     - ``name``: the family's name (``mine``); unique across plugins.
     - ``types``: the exact ``model.type`` names it builds.
-    - ``build(cfg) -> ClipModel``: builds the model for ``cfg.model.type`` from the whole
-      :class:`core.spec.config.ExperimentConfig`. ``cfg.model.pretrained`` says where weights come from
-      (``True``: the type's published weights, found offline first; ``False``: random init with
-      ``cfg.model.init_logit_*``; a string: a local path, HF id or open_clip tag). Missing weights raise
-      :class:`core.errors.ClipcoreError` naming every place looked and the ways to provide them.
+    - ``build(cfg) -> ClipModel``: builds ``cfg.model.type`` from the whole experiment config, on
+      whatever ``torch.device`` is current (the kit builds on ``meta``). It honours, or refuses in
+      ``check``, the ``cfg.model`` keys:
+
+      * ``pretrained``: ``True``: the type's published weights, found offline first, else a
+        :class:`core.errors.ClipcoreError` naming every place looked and the ways to provide them;
+        ``False``: random init, nothing downloaded; a string: a local file or directory (or an id /
+        tag the family understands), a missing path raising ``ClipcoreError`` naming it. When core
+        fills the model from a clipcore checkpoint (evaluate, export, resume) it calls ``build``
+        with ``pretrained = False`` and loads the checkpoint strictly afterwards.
+      * ``init_logit_scale`` / ``init_logit_bias``: read through :func:`core.weights.init_logit_values`,
+        which returns what core resolved before ``build`` (the spec's values, else the loss's).
+      * ``image_size`` (input resolution where the architecture allows it), ``tokenizer_path``,
+        ``canonicalize_text`` (``None``: the family's default; reflected in ``tokenizer.spec``),
+        ``adaptor_name`` (families with several text adaptors require it, the others refuse it:
+        :func:`refuse_model_keys`).
     - ``tiny(model_type) -> ClipModel``: a random-weight model of that type's architecture at a tiny
       size (CPU forward well under a second), used by the conformance kit.
     - ``matches(model_type) -> bool``: optional, for open-ended names (``mine:<variant>``).
     - ``config_sections``: plugin-owned config tables (:class:`core.registry.ConfigSection`).
     - ``check(cfg)``: optional family-specific cross-field rules, run up front by
-      :func:`core.spec.load.check` for every action that builds the model (e.g. a family
-      with several text adaptors needs ``model.adaptor_name``); raise :class:`core.errors.ConfigError` naming the key and the fix.
+      :func:`core.spec.check` for every action that builds the model; raise
+      :class:`core.errors.ConfigError` naming the key and the fix.
+    - ``example_spec``: dotted overrides besides ``model.type`` that a minimal valid spec of this
+      family needs (``("model.adaptor_name=mine",)``); the kit builds with them.
     """
 
     name: str
@@ -221,3 +245,4 @@ class BackboneFamily:
     matches: Callable[[str], bool] | None = None
     config_sections: tuple[Any, ...] = ()
     check: Callable[[Any], None] | None = None
+    example_spec: tuple[str, ...] = ()

@@ -8,8 +8,7 @@ A plugin is a module exposed through the ``clipcore.plugins`` entry-point group:
     my_backbone = "my_package.plugin"
 
     # my_package/plugin.py
-    from core import hookimpl
-    from core.backbone import BackboneFamily
+    from core import BackboneFamily, hookimpl
 
     @hookimpl
     def register_backbones(register):
@@ -20,7 +19,9 @@ provides. ``register`` validates what it receives (raising :class:`core.errors.P
 naming the plugin and the rule), rejects a name another plugin already registered (naming both)
 and records which distribution and version provided it. Hooks are called with keyword arguments
 only; an implementation may take fewer arguments than its spec. Built-in plugins use exactly
-this path. Run ``core plugins check NAME`` or the kit in :mod:`core.testing` to verify a plugin.
+this path. A plugin imports only ``core``'s public API (``core.__all__``); ``docs/plugins.md`` is
+the guide, with a minimal example of each kind. Run ``core plugins check NAME`` or the kit in
+:mod:`core.testing` to verify a plugin.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def register_backbones(register):
         registered by one family only. ``family.build(cfg)`` returns a
         :class:`core.backbone.ClipModel` honouring the full backbone contract documented there
         (encoders, tokenizer, preprocessing spec, parameter groups, tower locking, gradient
-        checkpointing, FSDP wrap classes, export refusal), and ``family.tiny(type)`` a tiny random
-        instance for the conformance kit.
+        checkpointing, FSDP wrap classes, export refusal) and the ``cfg.model`` keys as
+        :class:`core.backbone.BackboneFamily` states them (``pretrained``, ``image_size``,
+        ``tokenizer_path``, ``canonicalize_text``, ``adaptor_name``, the logit init core resolved);
+        ``family.tiny(type)`` returns a tiny random instance for the conformance kit.
     """
 
 

@@ -68,7 +68,26 @@ def broken(break_name: str):
         model.fsdp_wrap_classes = (nn.Conv3d,)
     elif break_name == "empty_export_refusal":
         model.export_refusal = " "
+    elif break_name == "traced_constant":  # a Python float from the data: frozen into the exported graph
+        features = model.image_features
+        model.image_features = lambda images: features(images) + float(images.mean())
+    elif break_name == "spec_pad_id_wrong":
+        tokenize = model.tokenizer
+        model.tokenizer = type("Lying", (), {"spec": attrs.evolve(tokenize.spec, pad_id=7),
+                                             "save_pretrained": tokenize.save_pretrained,
+                                             "__call__": lambda self, texts: tokenize(texts)})()
+    elif break_name == "checkpointing_flag_only":
+        model.set_grad_checkpointing = lambda enable=True: None
     return model
+
+
+def family_build(break_name: str):
+    """The example's real ``build``, or one that ignores ``model.pretrained`` for that break."""
+    from clipcore_example_backbone.plugin import TinyClip, build
+
+    if break_name == "pretrained_ignored":
+        return lambda cfg: TinyClip(cfg.model.type)
+    return build
 
 
 BREAKS = {
@@ -85,26 +104,30 @@ BREAKS = {
     "vector_logit_scale": (checks.check_logit_parameters, "logit_scale is a finite 0-d parameter"),
     "no_fsdp_classes": (checks.check_fsdp_wrap_classes, "present and cover every transformer block"),
     "empty_export_refusal": (checks.check_export_flag, "None or a non-empty reason"),
+    "traced_constant": (checks.check_export_matches_runtime, "runtime images embeddings match PyTorch"),
+    "spec_pad_id_wrong": (checks.check_tokenizer_reproducible_without_torch, "saved tokenizer directory and TextSpec"),
+    "checkpointing_flag_only": (checks.check_grad_checkpointing_recomputes, "recomputes both towers in backward"),
+    "pretrained_ignored": (checks.check_build_from_spec, "a missing model.pretrained path raises ClipcoreError"),
 }
 
 
 @pytest.mark.parametrize("break_name", sorted(BREAKS))
 def test_each_check_catches_its_break(break_name):
     check, rule = BREAKS[break_name]
-    family = BackboneFamily(name="fake", types=("fake-tiny",), build=lambda cfg: None,
+    family = BackboneFamily(name="fake", types=("example-tiny",), build=family_build(break_name),
                             tiny=lambda model_type: broken(break_name))
     entry = Entry("backbones", "fake", family, Provider("fake_plugin", "fake-dist", "0.1"))
     with pytest.raises(AssertionError) as err:
-        check(entry, "fake-tiny")
-    assert "backbone plugin 'fake_plugin', type 'fake-tiny'" in str(err.value) and rule in str(err.value)
+        check(entry, "example-tiny")
+    assert "backbone plugin 'fake_plugin', type 'example-tiny'" in str(err.value) and rule in str(err.value)
 
 
 def test_the_unbroken_example_passes_every_check():
-    family = BackboneFamily(name="fake", types=("fake-tiny",), build=lambda cfg: None,
+    family = BackboneFamily(name="fake", types=("example-tiny",), build=family_build("none"),
                             tiny=lambda model_type: broken("none"))
     entry = Entry("backbones", "fake", family, Provider("fake_plugin", "fake-dist", "0.1"))
     for check in checks.BACKBONE_CHECKS:
-        check(entry, "fake-tiny")
+        check(entry, "example-tiny")
     assert {check for check, _ in BREAKS.values()} == set(checks.BACKBONE_CHECKS)  # every check has a break
 
 

@@ -15,7 +15,7 @@ from backbones.radio.sizes import SIZES
 FAMILY = BackboneFamily(
     name="radio", types=tuple(SIZES), build=lazy("backbones.radio.factory:build"),
     tiny=lazy("backbones.radio.factory:tiny"), check=lazy("backbones.radio.factory:check"),
-    config_sections=(SECTION,),
+    config_sections=(SECTION,), example_spec=("model.adaptor_name=siglip",),
     description="RADIO-CLIP: C-RADIOv3 B/L/H/g (timm) + adaptor head, with the SigLIP2 (`siglip`) or "
                 "DFN CLIP (`clip`) teacher text tower; set model.adaptor_name.")
 

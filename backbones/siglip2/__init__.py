@@ -7,14 +7,21 @@ checkpoint's ``model_type``). See :mod:`backbones.siglip2.loading` for where wei
 
 from __future__ import annotations
 
-from core import BackboneFamily, hookimpl, lazy
+from typing import Any
+
+from core import BackboneFamily, hookimpl, lazy, refuse_model_keys
 
 from backbones.siglip2.architectures import TYPES
 
 
+def check(cfg: Any) -> None:
+    """One text tower: no adaptor to choose."""
+    refuse_model_keys(cfg, "siglip2", "adaptor_name")
+
+
 FAMILY = BackboneFamily(
     name="siglip2", types=tuple(TYPES), build=lazy("backbones.siglip2.loading:build"),
-    tiny=lazy("backbones.siglip2.loading:tiny"),
+    tiny=lazy("backbones.siglip2.loading:tiny"), check=check,
     description="SigLIP2 So400m (transformers): fixed-resolution SiglipModel and NaFlex Siglip2Model.")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +175,123 @@ def check_grad_checkpointing_matches(entry: Entry, model_type: str) -> None:
                     f"{worst[1]} differs by {worst[0]:.2e}")
 
 
+def _spec(entry: Entry, model_type: str, *overrides: str) -> Any:
+    """A loaded config for ``model_type``: the family's ``example_spec`` plus ``overrides``."""
+    from core.spec.load import load_config
+
+    return load_config(None, [f"model.type={model_type}", *entry.obj.example_spec, *overrides])
+
+
+@per_type
+def check_build_from_spec(entry: Entry, model_type: str) -> None:
+    """Rule: ``build(cfg)`` with ``model.pretrained = false`` builds a ClipModel of that type (on the
+    meta device, so no size is too large to check), and a ``model.pretrained`` path that does not
+    exist raises ClipcoreError naming it."""
+    with torch.device("meta"):
+        try:
+            model = entry.obj.build(_spec(entry, model_type, "model.pretrained=false"))
+        except Exception as exc:
+            raise _fail(entry, model_type, "build(cfg) with model.pretrained = false builds the model",
+                        f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(model, ClipModel) or model.model_type != model_type:
+        raise _fail(entry, model_type, "build(cfg) returns a ClipModel of cfg.model.type",
+                    f"got {type(model).__name__} of type {getattr(model, 'model_type', None)!r}")
+    with tempfile.TemporaryDirectory() as directory:
+        missing = Path(directory) / "missing" / "weights.safetensors"
+        try:
+            with torch.device("meta"):
+                entry.obj.build(_spec(entry, model_type, f"model.pretrained={missing}"))
+        except ClipcoreError as exc:
+            if str(missing) not in str(exc):
+                raise _fail(entry, model_type, "a missing model.pretrained path is named in the error",
+                            str(exc)) from None
+        except Exception as exc:
+            raise _fail(entry, model_type, "a missing model.pretrained path raises ClipcoreError",
+                        f"got {type(exc).__name__}: {exc}") from None
+        else:
+            raise _fail(entry, model_type, "a missing model.pretrained path raises ClipcoreError",
+                        f"build() accepted {missing}")
+
+
+@per_type
+def check_tokenizer_reproducible_without_torch(entry: Entry, model_type: str) -> None:
+    """Rule: the directory ``tokenizer.save_pretrained`` writes, with ``tokenizer.spec``, gives the
+    same ids without torch (:class:`core.preprocess.SidecarTokenizer`, what deploy runners use)."""
+    from core.preprocess import SidecarTokenizer
+
+    tokenizer = _tiny(entry, model_type).tokenizer
+    texts = CAPTIONS + ODD_CAPTIONS
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            tokenizer.save_pretrained(directory)
+            have = SidecarTokenizer(directory, tokenizer.spec.to_dict())(texts)
+        except Exception as exc:
+            raise _fail(entry, model_type, "the saved tokenizer directory and TextSpec reproduce the ids",
+                        f"{type(exc).__name__}: {exc}") from None
+    want = tokenizer(texts).numpy()
+    rows = [i for i in range(len(texts)) if not (have[i] == want[i]).all()]
+    if rows:
+        raise _fail(entry, model_type, "the saved tokenizer directory and TextSpec reproduce the ids",
+                    f"{texts[rows[0]][:40]!r}: {want[rows[0]][:12].tolist()} vs {have[rows[0]][:12].tolist()}")
+
+
+@per_type
+def check_export_matches_runtime(entry: Entry, model_type: str) -> None:
+    """Rule: a type without ``export_refusal`` exports with every registered exporter that can run
+    its files, and the runtime's normalised embeddings match PyTorch's (cosine >= 0.9999)."""
+    from core.registry import get_registry
+
+    model = _tiny(entry, model_type)
+    if model.export_refusal is not None:
+        return
+    images, ids = _inputs(model)
+    with torch.no_grad():
+        want = {"images": model.encode_image(images, normalize=True).numpy(),
+                "texts": model.encode_text(ids, normalize=True).numpy()}
+    for exporter in get_registry().entries["exporters"].values():
+        if exporter.obj.open_runner is None:
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / f"model{exporter.obj.suffixes[0]}"
+            cfg = _spec(entry, model_type, f"export.onnx_file={path}")
+            try:
+                exporter.obj.export(model, cfg)
+                runner = exporter.obj.open_runner(path)
+                have = {"images": runner.encode_images(images.numpy()),
+                        "texts": runner.encode_texts(CAPTIONS[:len(images)])}
+            except Exception as exc:
+                raise _fail(entry, model_type, f"the model exports with {exporter.name!r} and its runner opens it",
+                            f"{type(exc).__name__}: {exc}") from None
+        for name in want:
+            cosine = float((have[name] * want[name]).sum(-1).min())
+            if cosine < 0.9999:
+                raise _fail(entry, model_type, f"{exporter.name!r} runtime {name} embeddings match PyTorch",
+                            f"lowest cosine {cosine:.6f}")
+
+
+@per_type
+def check_grad_checkpointing_recomputes(entry: Entry, model_type: str) -> None:
+    """Rule: ``set_grad_checkpointing(True)`` makes backward recompute blocks of both towers (modules
+    of the first block of each run again during backward, however the block is checkpointed)."""
+    model = _tiny(entry, model_type).train()
+    model.set_grad_checkpointing(True)
+    calls = {"vision": 0, "text": 0}
+    hooks = [module.register_forward_hook(lambda *_, tower=tower: calls.__setitem__(tower, calls[tower] + 1))
+             for tower, blocks in (("vision", list(model.vision_blocks())), ("text", list(model.text_blocks())))
+             if blocks for module in blocks[0].modules()]
+    try:
+        loss = _loss(model, *_inputs(model))
+        forward = dict(calls)
+        loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    lazy = [tower for tower in calls if calls[tower] <= forward[tower]]
+    if lazy:
+        raise _fail(entry, model_type, "gradient checkpointing recomputes both towers in backward",
+                    f"no recomputation in the {' and '.join(lazy)} tower")
+
+
 @per_type
 def check_state_dict_round_trip(entry: Entry, model_type: str) -> None:
     """Rule: a state dict saved (weights_only-loadable) and loaded strictly into a fresh model
@@ -304,10 +421,14 @@ BACKBONE_CHECKS = [
     check_gradients_reach_both_towers,
     check_frozen_towers,
     check_grad_checkpointing_matches,
+    check_grad_checkpointing_recomputes,
     check_state_dict_round_trip,
     check_tokenizer_fixed_length,
     check_preprocess_matches_input_size,
     check_logit_parameters,
     check_fsdp_wrap_classes,
     check_export_flag,
+    check_export_matches_runtime,
+    check_build_from_spec,
+    check_tokenizer_reproducible_without_torch,
 ]

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core import BackboneFamily, ClipModel, PreprocessSpec, TextSpec, hookimpl, init_logit_params, init_logit_values
+from core import (BackboneFamily, ClipcoreError, ClipModel, PreprocessSpec, TextSpec, hookimpl, init_logit_params,
+                  init_logit_values, load_model_weights, refuse_model_keys)
 
 CONTEXT_LENGTH = 32
 PAD, EOS = 0, 1
@@ -105,15 +106,22 @@ class TinyClip(ClipModel):
         self.grad_checkpointing = enable
 
 
-def build(cfg) -> TinyClip:
-    """``model.pretrained`` must be false: this example publishes no weights."""
-    from core import ClipcoreError
+def check(cfg) -> None:
+    """The byte tokenizer has no vocabulary file and no canonicalisation; there is one text tower."""
+    refuse_model_keys(cfg, "example", "adaptor_name", "tokenizer_path", "canonicalize_text")
 
-    if cfg.model.pretrained is not False:
+
+def build(cfg) -> TinyClip:
+    """Random init (``model.pretrained = false``) or a clipcore checkpoint's weights (a path); this
+    example publishes no weights of its own."""
+    if cfg.model.pretrained is True:
         raise ClipcoreError("example-tiny has no published weights", where="model.pretrained",
-                            fix="set model.pretrained = false (random init) or pass a clipcore checkpoint")
+                            fix="set model.pretrained = false (random init) or to a clipcore checkpoint")
     scale, bias = init_logit_values(cfg)  # resolved by core: a bias only where training's loss adds one
-    return TinyClip("example-tiny", image_size=cfg.model.image_size, logit_scale=scale, logit_bias=bias)
+    model = TinyClip("example-tiny", image_size=cfg.model.image_size, logit_scale=scale, logit_bias=bias)
+    if cfg.model.pretrained is not False:
+        load_model_weights(model, cfg.model.pretrained, key="model.pretrained")
+    return model
 
 
 def tiny(model_type: str) -> TinyClip:
@@ -122,5 +130,5 @@ def tiny(model_type: str) -> TinyClip:
 
 @hookimpl
 def register_backbones(register):
-    register(BackboneFamily(name="example", types=("example-tiny",), build=build, tiny=tiny,
+    register(BackboneFamily(name="example", types=("example-tiny",), build=build, tiny=tiny, check=check,
                             description="Example third-party plugin: tiny conv + transformer CLIP."))
