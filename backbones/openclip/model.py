@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from core import ClipModel, ClipcoreError, PreprocessSpec
+from core import ClipcoreError, ClipModel, PreprocessSpec
 
 from backbones.openclip.tokenizer import OpenClipTokenizer
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core import TextSpec, canonicalize_text
+from core import canonicalize_text, TextSpec
 
 POOLING = {"argmax": "eos", "eos": "eos", "last": "last", "first": "first"}
 

@@ -10,7 +10,7 @@ from transformers import Siglip2Model, SiglipModel
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 from transformers.models.siglip2.modeling_siglip2 import Siglip2EncoderLayer
 
-from core import ClipModel, ClipcoreError, PreprocessSpec
+from core import ClipcoreError, ClipModel, PreprocessSpec
 
 from backbones.siglip2.tokenizer import SiglipTokenizer
 

@@ -1,0 +1,79 @@
+"""`core demo-data`: deterministic shape scenes whose captions describe every shape, written in
+both formats and read back through them."""
+
+import argparse
+import tomllib
+
+import numpy as np
+import pytest
+
+from core import spec
+from core.cli import demo_data
+from core.errors import ClipcoreError
+from core.registry import get_registry
+from plugins import custom, wds
+
+
+@pytest.fixture
+def formats_only(monkeypatch):
+    monkeypatch.setenv("CLIPCORE_PLUGINS", "custom,wds")  # importing every backbone is slow
+    get_registry.cache_clear()
+    yield
+    get_registry.cache_clear()
+
+
+def run(out, fmt="custom", n=24, val=8, seed=0, force=False):
+    demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force))
+
+
+def test_samples_are_a_function_of_the_seed():
+    assert demo_data.sample(3, "train", 7) == demo_data.sample(3, "train", 7)
+    assert demo_data.sample(3, "train", 7) != demo_data.sample(4, "train", 7)
+    assert demo_data.sample(3, "train", 7) != demo_data.sample(3, "val", 7)
+
+
+def test_every_caption_names_every_shape():
+    for index in range(30):
+        rng = np.random.default_rng([5, 0, index])
+        shapes = demo_data.scene(rng)
+        texts = demo_data.captions(shapes, rng)
+        assert len(texts) == demo_data.CAPTIONS_PER_IMAGE and len(set(texts)) > 1
+        for text in texts:
+            for shape in shapes:
+                phrases, short = demo_data.POSITIONS[shape.cell]
+                assert shape.kind in text and shape.colour in text
+                assert any(word in text for word in demo_data.SIZE_WORDS[shape.size])
+                assert any(p in text.lower() for p in (*phrases, short))
+
+
+def test_scenes_are_varied():
+    scenes = [demo_data.scene(np.random.default_rng([0, 0, i])) for i in range(300)]
+    assert {len(s) for s in scenes} == {1, 2}
+    assert {s.kind for sc in scenes for s in sc} == set(demo_data.SHAPES)
+    assert {s.colour for sc in scenes for s in sc} == set(demo_data.COLOURS)
+    assert len({s.cell for sc in scenes for s in sc}) == 9
+
+
+def _from_toml(path):
+    assert tomllib.loads(path.read_text())["dataset"]["augmentation"] == {"scale": [1.0, 1.0], "color_jitter": [],
+                                                                         "grayscale": 0.0}
+    return spec.load_config(path)
+
+
+@pytest.mark.parametrize("fmt", ["custom", "wds"])
+def test_demo_data_reads_back_through_its_format(tmp_path, formats_only, fmt, data_kit):
+    run(tmp_path / "demo", fmt)
+    cfg = _from_toml(tmp_path / "demo" / "dataset.toml")
+    val = custom.retrieval(data_kit.request(cfg))
+    assert len(val.image_paths) == 8 and len(val.captions) == 8 * demo_data.CAPTIONS_PER_IMAGE
+    assert val.load_image(0).shape == (3, 16, 16)
+    loader = (wds if fmt == "wds" else custom).build(data_kit.request(cfg, batch_size=4))
+    assert len(data_kit.epoch_keys(loader)) == 24
+
+
+def test_demo_data_refuses_to_overwrite_without_force(tmp_path, formats_only):
+    run(tmp_path, n=4, val=2)
+    with pytest.raises(ClipcoreError) as err:
+        run(tmp_path, n=4, val=2)
+    assert "already exists" in str(err.value) and "--force" in str(err.value)
+    run(tmp_path, n=4, val=2, force=True)

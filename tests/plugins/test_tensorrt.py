@@ -1,0 +1,155 @@
+"""gen_trt_engine and the TensorRT runner: every input error on any machine; engines and parity
+only on a CUDA machine with TensorRT (``gpu`` marker, skipped cleanly elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from core.spec.config import ExperimentConfig
+from deploy.tensorrt.config import SECTION, TensorRTConfig
+from core.errors import ClipcoreError, ConfigError, PluginError
+from core.registry import get_registry
+from deploy.tensorrt import unavailable
+from deploy.tensorrt.builder import build_engines, engine_files
+from deploy.tensorrt.runner import check_batch
+from deploy.tensorrt.runner import open_runner as open_trt_runner
+from exporters.onnx.export import export_onnx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+NO_TRT = unavailable()
+
+
+@pytest.fixture(scope="module")
+def separate_export(tmp_path_factory, exports):
+    torch.manual_seed(0)
+    model = get_registry().backbone_for("example-tiny").tiny("example-tiny").eval()
+    folder = tmp_path_factory.mktemp("export")
+    export_onnx(model, exports.config(folder / "m.onnx", "separate"))
+    return model, folder
+
+
+def trt_config(onnx_file, engine, **tensorrt) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    cfg.gen_trt_engine.onnx_file, cfg.gen_trt_engine.trt_engine = str(onnx_file), str(engine)
+    cfg.plugins[SECTION.path] = TensorRTConfig(**tensorrt)
+    return cfg
+
+
+def _copy_export(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------- any machine
+def test_engine_names_for_both_towers(tmp_path):
+    towers = {"vision": None, "text": None}
+    assert engine_files(tmp_path / "e.engine", towers) == {"vision": tmp_path / "e_vision.engine",
+                                                           "text": tmp_path / "e_text.engine"}
+    assert engine_files(tmp_path / "e.plan", {"combined": None}) == {"combined": tmp_path / "e.plan"}
+
+
+def test_missing_external_data_names_the_expected_file(separate_export, tmp_path):
+    _, folder = separate_export
+    export = _copy_export(folder, tmp_path / "export")
+    config = export / "m_config.yaml"
+    doc = yaml.safe_load(config.read_text())
+    doc["deploy"]["external_data"] = {"m_vision.onnx": "m_vision_weights.bin"}
+    config.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ClipcoreError, match="external-data file m_vision_weights.bin, which is missing"):
+        build_engines(trt_config(export / "m", tmp_path / "m.engine"))
+
+
+def test_text_length_must_match_the_tokenizer(separate_export, tmp_path):
+    _, folder = separate_export
+    export = _copy_export(folder, tmp_path / "export")
+    config = export / "m_config.yaml"
+    doc = yaml.safe_load(config.read_text())
+    doc["deploy"]["text"]["context_length"] = 64
+    config.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ClipcoreError, match="input input_ids has length 32, but the tokenizer in the sidecar pads to 64"):
+        build_engines(trt_config(export / "m.onnx", tmp_path / "m.engine"))
+
+
+def test_missing_sidecars_are_named(separate_export, tmp_path):
+    _, folder = separate_export
+    export = _copy_export(folder, tmp_path / "export")
+    (export / "m_config.yaml").unlink()
+    with pytest.raises(ClipcoreError, match="m_config.yaml and m_tokenizer/ are missing"):
+        build_engines(trt_config(export / "m.onnx", tmp_path / "m.engine"))
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / "m_vision.engine").write_bytes(b"engine")
+    with pytest.raises(ClipcoreError, match="sidecars m_config.yaml and m_tokenizer/ are missing"):
+        open_trt_runner(engines / "m_vision.engine")
+
+
+def test_unordered_profile_is_refused(separate_export, tmp_path):
+    _, folder = separate_export
+    cfg = trt_config(folder / "m.onnx", tmp_path / "m.engine", min_batch_size=8, opt_batch_size=4)
+    with pytest.raises(ConfigError, match="min_batch_size 8, opt_batch_size 4, max_batch_size 16"):
+        build_engines(cfg)
+
+
+def test_batch_outside_profile_names_the_profile():
+    check_batch("image", 4, (1, 16), "m.engine")
+    with pytest.raises(ClipcoreError, match=r"batch 32 of input image is outside the engine's profile \(min 1, max 16"):
+        check_batch("image", 32, (1, 16), "m.engine")
+
+
+@pytest.mark.skipif(NO_TRT is None, reason="TensorRT and a GPU are present")
+def test_without_tensorrt_the_build_says_why(separate_export, tmp_path):
+    _, folder = separate_export
+    with pytest.raises(ClipcoreError, match="TensorRT") as err:
+        build_engines(trt_config(folder / "m.onnx", tmp_path / "m.engine"))
+    assert NO_TRT in str(err.value)
+    assert not (tmp_path / "m_vision.engine").exists()
+
+
+def test_gen_trt_engine_action_defaults_the_engine_path(separate_export, tmp_path):
+    import core.cli.gen_trt_engine as action
+
+    _, folder = separate_export
+    cfg = ExperimentConfig()
+    cfg.results_dir = str(tmp_path)
+    cfg.gen_trt_engine.onnx_file = str(folder / "m.onnx")
+    assert action.engine_path(cfg, tmp_path / "gen_trt_engine") == tmp_path / "gen_trt_engine" / "m.engine"
+    with pytest.raises(PluginError, match="gen_trt_engine.trt_engine: no installed engine builder writes .onnx files"):
+        get_registry().for_suffix("engine_builders", folder / "m.onnx", key="gen_trt_engine.trt_engine")
+    cfg.gen_trt_engine.onnx_file = None
+    with pytest.raises(ConfigError, match="gen_trt_engine.onnx_file"):
+        action.run(cfg, argparse.Namespace())
+
+
+# --------------------------------------------------------------------------- GPU + TensorRT
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_TRT is not None, reason=str(NO_TRT))
+@pytest.mark.parametrize("data_type", ["fp32", "fp16"])
+def test_engines_match_onnx_runtime(separate_export, tmp_path, data_type, exports):
+    from deploy.onnxruntime_runner import open_runner as open_ort
+    from deploy.tensorrt.runner import open_runner as open_trt
+
+    _, folder = separate_export
+    cfg = trt_config(folder / "m", tmp_path / "e.engine", data_type=data_type, min_batch_size=1,
+                     opt_batch_size=4, max_batch_size=8)
+    cfg.gen_trt_engine.timing_cache = str(tmp_path / "timing.cache")
+    engines = build_engines(cfg)
+    assert [e.name for e in engines] == ["e_vision.engine", "e_text.engine"]
+    assert (tmp_path / "e_config.yaml").is_file() and (tmp_path / "e_tokenizer" / "tokenizer.json").is_file()
+    assert (tmp_path / "timing.cache").stat().st_size > 0
+    trt, ort = open_trt(tmp_path / "e.engine"), open_ort(folder / "m.onnx")
+    images = np.random.default_rng(0).standard_normal((11, 3, 32, 32), dtype=np.float32)  # > max batch: chunked
+    atol, cosine = (1e-4, 0.99999) if data_type == "fp32" else (1e-2, 0.999)
+    exports.assert_close(trt.encode_images(images), ort.encode_images(images), atol=atol, min_cosine=cosine)
+    exports.assert_close(trt.encode_texts(exports.TEXTS), ort.encode_texts(exports.TEXTS), atol=atol, min_cosine=cosine)
+    graph = trt._graph("vision")
+    with pytest.raises(ClipcoreError, match="outside the engine's profile"):
+        graph.run({"image": np.zeros((9, 3, 32, 32), np.float32)}, ["image_embedding"])
