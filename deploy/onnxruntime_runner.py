@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from core import artifact, ClipcoreError
+from core import ClipcoreError, artifact
 from deploy.runner import EmbeddingRunner
 
 SUFFIXES = (".onnx",)

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from core import artifact, ClipcoreError, preprocess_images, SidecarTokenizer
+from core import ClipcoreError, SidecarTokenizer, artifact, preprocess_images
 
 IMAGE, INPUT_IDS, ATTENTION_MASK = "image", "input_ids", "attention_mask"
 OUTPUTS = {"vision": "image_embedding", "text": "text_embedding"}

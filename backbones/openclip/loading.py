@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from core import (ClipcoreError, ConfigError, hf_cache_dir, hf_offline, init_logit_values, load_hf,
-                  load_model_weights, missing_weights_error, PreprocessSpec, read_weights_file,
-                  WEIGHT_SUFFIXES)
+from core import (WEIGHT_SUFFIXES, ClipcoreError, ConfigError, PreprocessSpec, hf_cache_dir, hf_offline,
+                  init_logit_values, load_hf, load_model_weights, missing_weights_error, read_weights_file)
 
 from backbones.openclip.configs import (DEMO_TYPE, NVCLIP_TYPES, OPENCLIP_PREFIX, model_config,
                                         register_with_open_clip, tiny_config)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core import canonicalize_text, TextSpec
+from core import TextSpec, canonicalize_text
 
 POOLING = {"argmax": "eos", "eos": "eos", "last": "last", "first": "first"}
 

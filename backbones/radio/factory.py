@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, SiglipTextConfig
 
-from core import (ClipcoreError, ConfigError, init_logit_params, init_logit_values, load_hf,
-                  load_model_weights, PreprocessSpec, Tokenizer)
+from core import (ClipcoreError, ConfigError, PreprocessSpec, Tokenizer, init_logit_params, init_logit_values,
+                  load_hf, load_model_weights)
 
 from backbones.radio import locate
 from backbones.radio.adaptor import AdaptorHead

@@ -12,8 +12,8 @@ import attrs
 import torch
 from transformers import AutoConfig, AutoTokenizer, Siglip2Model, SiglipModel
 
-from core import (ClipcoreError, ConfigError, hf_cache_dir, init_logit_values, load_hf, load_model_weights,
-                  looks_like_path, missing_weights_error, PreprocessSpec)
+from core import (ClipcoreError, ConfigError, PreprocessSpec, hf_cache_dir, init_logit_values, load_hf,
+                  load_model_weights, looks_like_path, missing_weights_error)
 
 from backbones.siglip2.architectures import TYPES, Siglip2Type, hf_config
 from backbones.siglip2.model import SiglipClip

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core import canonicalize_text, ClipcoreError, TextSpec
+from core import ClipcoreError, TextSpec, canonicalize_text
 
 from backbones.siglip2.architectures import CONTEXT_LENGTH
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import yaml
 
-from core import artifact, ClipcoreError, ConfigError, SidecarTokenizer
+from core import ClipcoreError, ConfigError, SidecarTokenizer, artifact
 from deploy.onnxruntime_runner import OrtGraph
 from deploy.runner import ATTENTION_MASK, IMAGE, INPUT_IDS
 from deploy.tensorrt.config import SECTION, check

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import attrs
 
-from core import at_least, ConfigError, ConfigSection, opt, Rule
+from core import ConfigError, ConfigSection, Rule, at_least, opt
 
 LAYER_PRECISION = Rule(
     lambda v: all(isinstance(x, str) and x.rpartition(":")[0] and x.rpartition(":")[2] in ("fp32", "fp16")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import artifact, ClipcoreError
+from core import ClipcoreError, artifact
 from deploy.runner import EmbeddingRunner
 from deploy.tensorrt import SUFFIXES, unavailable
 

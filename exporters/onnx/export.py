@@ -26,7 +26,7 @@ import onnx
 import torch
 import yaml
 
-from core import artifact, ClipcoreError, ConfigError
+from core import ClipcoreError, ConfigError, artifact
 from exporters.onnx.graphs import GRAPHS
 from exporters.onnx.sidecar import config_document, deploy_section
 

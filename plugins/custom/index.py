@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 
 import attrs
 
-from core import DataError, IMAGE_EXTENSIONS
+from core import IMAGE_EXTENSIONS, DataError
 from plugins.custom.sources import FolderSource, TarSource, open_source
 
 Recorder = Callable[[str, str, str], None]

@@ -20,8 +20,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core import (BadSample, BadSampleLog, check_global_batch, collate_samples, DataRequest, decoded,
-                  finish_batch, MAX_CONSECUTIVE_BAD, open_image, parse_captions, RetrievalSet, too_many_bad,
+from core import (MAX_CONSECUTIVE_BAD, BadSample, BadSampleLog, DataRequest, RetrievalSet, check_global_batch,
+                  collate_samples, decoded, finish_batch, open_image, parse_captions, too_many_bad,
                   worker_seeds)
 from plugins.custom.index import EntryIndex, index_entries
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import attrs
 
-from core import at_least, ConfigError, ConfigSection, opt
+from core import ConfigError, ConfigSection, at_least, opt
 
 
 @attrs.define(kw_only=True)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from core import BadSampleLog, check_global_batch, DataError, DataRequest, finish_batch, worker_seeds
+from core import BadSampleLog, DataError, DataRequest, check_global_batch, finish_batch, worker_seeds
 from plugins.wds.config import SECTION
 from plugins.wds.shards import count_samples, list_shards
 from plugins.wds.stream import ShardStream, WorkerStart, batches_per_rank, identity

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core import (BackboneFamily, ClipcoreError, ClipModel, hookimpl, init_logit_params, init_logit_values,
-                  load_model_weights, PreprocessSpec, refuse_model_keys, TextSpec)
+from core import (BackboneFamily, ClipcoreError, ClipModel, PreprocessSpec, TextSpec, hookimpl,
+                  init_logit_params, init_logit_values, load_model_weights, refuse_model_keys)
 
 CONTEXT_LENGTH = 32
 PAD, EOS = 0, 1
