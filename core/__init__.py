@@ -31,8 +31,9 @@ _HOME = {
     "BackboneFamily": "core.backbone", "ClipModel": "core.backbone", "PreprocessSpec": "core.backbone",
     "TextSpec": "core.backbone", "Tokenizer": "core.backbone", "init_logit_params": "core.backbone",
     "refuse_model_keys": "core.backbone",
-    # loss contract
-    "LossSpec": "core.loss",
+    # loss contract and the collectives a loss over the global batch needs
+    "LossSpec": "core.loss", "world": "core.collectives", "all_gather_with_grad": "core.collectives",
+    "exchange_with_grad": "core.collectives", "ring_neighbours": "core.collectives",
     # dataset-format contract and the helpers loaders share
     "DatasetFormat": "core.data", "DataRequest": "core.data", "BatchLoader": "core.data",
     "RetrievalSet": "core.data", "RawSample": "core.data", "DatasetEntry": "core.data",

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import LossSpec, hookimpl
-from losses._distributed import all_gather_with_grad, world
+from core import LossSpec, all_gather_with_grad, hookimpl, world
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's init: temperature 0.07
 

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from core import ConfigError, ConfigSection, LossSpec, hookimpl
-from losses._distributed import all_gather_with_grad, ring_neighbours, world
+from core import ConfigError, ConfigSection, LossSpec, all_gather_with_grad, hookimpl, ring_neighbours, world
 
 INIT_LOGIT_SCALE = math.log(10.0)  # SigLIP's init: scale 10, bias -10
 

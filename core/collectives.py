@@ -1,4 +1,4 @@
-"""Collectives with autograd for the contrastive losses.
+"""Collectives with autograd, for losses that see the global batch (part of the plugin API).
 
 Every rank must call these with tensors of the same shape (equal local batch sizes: the data
 loaders yield full batches only). Gradients travel back to the rank that owns the input, summed
@@ -44,8 +44,9 @@ class _AllGather(torch.autograd.Function):
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``tensor`` concatenated in rank order, differentiable (see module docstring)."""
-    return _AllGather.apply(tensor)
+    """Every rank's ``tensor`` concatenated in rank order, differentiable (see module docstring);
+    ``tensor`` itself on one process."""
+    return tensor if world()[1] == 1 else _AllGather.apply(tensor)
 
 
 def _send_receive(tensors: Sequence[torch.Tensor], routes: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
