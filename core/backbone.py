@@ -87,7 +87,11 @@ class ClipModel(nn.Module):
     - ``model_type``, ``embed_dim``, ``tokenizer`` (a :class:`Tokenizer`), ``preprocess``
       (a :class:`PreprocessSpec`);
     - ``export_refusal``: ``None`` if the model exports to ONNX, else the reason it cannot;
-    - ``fsdp_wrap_classes``: the module classes FSDP shards as units (one per transformer block).
+    - ``fsdp_wrap_classes``: the module classes FSDP shards as units (one per transformer block);
+    - ``lora_targets``: ``{"vision": names, "text": names}``, the default LoRA targets inside the
+      blocks (``model.peft``): submodule names of linear / conv layers (``q_proj``, ``qkv``) or
+      parameter names ending in ``_weight`` for fused projections a module reads directly
+      (``nn.MultiheadAttention``'s ``in_proj_weight``).
 
     and implements ``image_features``, ``text_features`` (unnormalised ``[B, embed_dim]``),
     ``vision_blocks`` / ``text_blocks`` (the ordered transformer blocks, for partial unlocking)
@@ -104,6 +108,7 @@ class ClipModel(nn.Module):
     logit_bias: nn.Parameter | None
     export_refusal: str | None = None
     fsdp_wrap_classes: tuple[type[nn.Module], ...] = ()
+    lora_targets: dict[str, tuple[str, ...]] = {}
 
     # -- implemented by plugins ---------------------------------------------------------
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,8 @@ class OpenClipModel(ClipModel):
                     where="model.type", fix="use an open_clip model with a ViT/timm-ViT image tower and a "
                                             "transformer or Hugging Face text tower")
         self.fsdp_wrap_classes = tuple(dict.fromkeys(type(b) for b in blocks["image"] + blocks["text"]))
+        # nn.MultiheadAttention reads out_proj.weight itself: peft adapts the fused in_proj weight
+        self.lora_targets = dict.fromkeys(("vision", "text"), ("in_proj_weight", "c_fc", "c_proj"))
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_tower(images)

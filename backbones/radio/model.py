@@ -28,6 +28,9 @@ class RadioClip(ClipModel):
         self.logit_scale, self.logit_bias = logit_scale, logit_bias
         self.export_refusal = None
         self.fsdp_wrap_classes = (type(vision.trunk.blocks[0]), text.layer_class)
+        fused = any(isinstance(m, nn.MultiheadAttention) for m in text.modules())  # the CLIP teacher's tower
+        text_targets = ("in_proj_weight", "c_fc", "c_proj") if fused else ("q_proj", "k_proj", "v_proj", "out_proj")
+        self.lora_targets = {"vision": ("qkv", "proj"), "text": text_targets}
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_tower(images)

@@ -44,6 +44,7 @@ class SiglipClip(ClipModel):
         self.patch_size = hf_model.config.vision_config.patch_size
         self.tokenizer, self.preprocess = tokenizer, preprocess
         self.fsdp_wrap_classes = (Siglip2EncoderLayer,) if self.naflex else (SiglipEncoderLayer,)
+        self.lora_targets = dict.fromkeys(("vision", "text"), ("q_proj", "k_proj", "v_proj", "out_proj"))
         self.export_refusal = NAFLEX_EXPORT_REFUSAL if self.naflex else None
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

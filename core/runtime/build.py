@@ -6,7 +6,8 @@ where the spec sets them, else the loss's (``LossSpec.init_logit_scale`` / ``ini
 loss of ``train.loss_type`` for every action). The weights decide whether the model has a
 ``logit_bias``: only training adds one, with the loss's init, where the weights have none;
 ``evaluate``, ``inference`` and ``export`` never do. Families read the result through
-:func:`core.weights.init_logit_values`.
+:func:`core.weights.init_logit_values`. A checkpoint with LoRA adapters (``model.peft``) gets its
+adapters back before its weights load; outside training they are then merged into the weights.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import attrs
 
 from core.backbone import ClipModel
+from core.errors import ConfigError
+from core.runtime.lora import add_adapters, merge_adapters
 from core.weights import load_checkpoint, load_model_weights
 from core.registry import get_registry
 
@@ -53,8 +56,17 @@ def build_model(cfg, checkpoint: str | None = None, *, key: str = "checkpoint", 
         m = attrs.evolve(m, pretrained=False, init_logit_bias=0.0 if saved_bias and m.init_logit_bias is None
                          else m.init_logit_bias)
     model = family.build(attrs.evolve(cfg, model=m))
+    adapted = ckpt is not None and any(".lora_" in name for name in ckpt.get("model", {}))
+    if adapted:
+        if not cfg.model.peft.enabled:
+            raise ConfigError(f"{checkpoint} holds LoRA adapters, but model.peft.enabled is false", where=key,
+                              fix="set model.peft.enabled = true with the [model.peft] settings it was trained with "
+                                  "(config.toml beside the checkpoint has them)")
+        add_adapters(model, cfg.model.peft)
     if ckpt is not None:
         load_model_weights(model, checkpoint, key=key, checkpoint=ckpt, keep_initial_bias=loss is not None)
+    if adapted and loss is None:
+        merge_adapters(model)  # evaluate, inference and export run the base architecture with merged weights
     if loss is not None and model.logit_bias is not None and (ckpt is None or "logit_bias" not in ckpt["model"]):
         log.info("the %s loss trains a logit bias; the model's starts at %.4g", loss.name, model.logit_bias.item())
     return model

@@ -7,8 +7,8 @@ construction and on assignment, raising :class:`InvalidValue`); a field without 
 required. Loading, overrides and error messages live in ``core.spec.load``; this module only declares
 the schema.
 
-Fields TAO declares but never uses (``peft``, ``regularization``, ``wandb``, ``encryption_key``)
-are left out on purpose: clipcore has no inert keys.
+Fields TAO's public code declares but never uses (``regularization``, ``wandb``,
+``encryption_key``) are left out until they work: clipcore has no inert keys.
 """
 
 from __future__ import annotations
@@ -39,6 +39,27 @@ spec = attrs.define(kw_only=True, slots=True)
 
 # --------------------------------------------------------------------------- model
 @spec
+class PeftTowerConfig:
+    enabled: bool = opt(True, "Adapt this tower (when model.peft.enabled).")
+    target_modules: list[str] = opt(
+        [], "Module names (last name component) to adapt inside the chosen blocks; empty: the family's "
+            "defaults (`core plugins` shows them; e.g. q_proj/k_proj/v_proj/out_proj, or qkv/proj).")
+    num_last_blocks: int = opt(3, "Adapt the last N transformer blocks of the tower; 0: all.", validator=at_least(0))
+    rank: int = opt(8, "LoRA rank r.", validator=at_least(1))
+    alpha: float = opt(16.0, "LoRA alpha (the update is scaled by alpha / rank).", validator=above(0))
+    dropout: float = opt(0.05, "Dropout on the adapter's input.", validator=PROBABILITY)
+
+
+@spec
+class PeftConfig:
+    enabled: bool = opt(False, "Train low-rank adapters (peft) instead of the full towers; only the adapters and "
+                               "the logit scale / bias train, and export merges the adapters into the weights.")
+    method: Literal["lora", "dora"] = opt("lora", "Adapter type: lora | dora (weight-decomposed LoRA).")
+    vision: PeftTowerConfig = section(PeftTowerConfig, "Adapters of the image tower.")
+    text: PeftTowerConfig = section(PeftTowerConfig, "Adapters of the text tower.")
+
+
+@spec
 class ModelConfig:
     type: str = opt("siglip2-so400m-patch16-256",
                     "Model type; `core plugins` lists every registered type.")
@@ -67,6 +88,7 @@ class ModelConfig:
     canonicalize_text: bool | None = opt(
         None, "Canonicalize captions (big_vision: `_`->space, strip punctuation, lower-case, collapse "
               "spaces); unset: the family's default.")
+    peft: PeftConfig = section(PeftConfig, "Parameter-efficient fine-tuning (LoRA / DoRA through peft), TAO's fields.")
     tokenizer_path: str | None = opt(
         None, "A local Hugging Face tokenizer directory (tokenizer.json ...); unset: the one beside the "
               "weights (the model directory, or a `tokenizer/` folder next to a weights file), else the "

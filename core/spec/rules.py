@@ -146,6 +146,12 @@ class _Checker:
             self.problem("train.checkpoint_interval",
                          f"{t.checkpoint_interval} epochs is larger than train.num_epochs ({t.num_epochs})",
                          'set checkpoint_interval <= num_epochs (or checkpoint_interval_unit = "step")')
+        if m.peft.enabled:
+            for key in ("freeze_vision_encoder", "freeze_text_encoder", "vision_unlocked_layers", "text_unlocked_layers"):
+                if getattr(m, key):
+                    self.problem(f"model.{key}", "does not apply with model.peft.enabled: only the adapters (and the "
+                                 "logit scale / bias) train", f"unset model.{key}, or use model.peft.<tower>.enabled "
+                                 "and num_last_blocks to choose what adapts")
         for tower in ("vision", "text"):
             if getattr(m, f"{tower}_unlocked_layers") and not getattr(m, f"freeze_{tower}_encoder"):
                 self.problem(f"model.{tower}_unlocked_layers",

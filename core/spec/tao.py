@@ -27,7 +27,6 @@ _TAO_71 = "a TAO 7.1-era option that clipcore does not implement"
 INERT: dict[str, str] = {
     "wandb": "Weights & Biases logging is not built in; clipcore logs to TensorBoard",
     "encryption_key": "clipcore writes plain checkpoints and ONNX files (no TAO model encryption)",
-    "model.peft": _UNUSED_BY_TAO,
     "model.regularization": _UNUSED_BY_TAO,
     "train.siglip_loss_dist_impl": "clipcore's loss picks its distributed implementation itself",
     "train.siglip_loss_mask_mode": _TAO_71,

@@ -293,6 +293,47 @@ def check_grad_checkpointing_recomputes(entry: Entry, model_type: str) -> None:
 
 
 @per_type
+def check_lora_adapters(entry: Entry, model_type: str) -> None:
+    """Rule: LoRA on the model's ``lora_targets`` (``model.peft`` defaults, both towers) applies,
+    leaves the model unchanged at init, changes both towers' eval outputs once the adapters are
+    non-zero, and merges back into the base architecture with the adapted outputs (1e-4)."""
+    from core.runtime.lora import add_adapters, merge_adapters
+    from core.spec.load import load_config
+
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model, batch=2)
+
+    def towers() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return model.encode_image(images), model.encode_text(ids)
+
+    base, keys = towers(), set(model.state_dict())
+    try:
+        add_adapters(model, load_config(None, ["model.peft.enabled=true", "model.peft.vision.num_last_blocks=0",
+                                               "model.peft.text.num_last_blocks=0", "model.peft.vision.rank=2",
+                                               "model.peft.text.rank=2"]).model.peft)
+    except ClipcoreError as exc:
+        raise _fail(entry, model_type, "LoRA applies on the model's lora_targets", str(exc)) from None
+    model.eval()
+    if not all(torch.allclose(a, b, atol=TOLERANCE) for a, b in zip(towers(), base)):
+        raise _fail(entry, model_type, "a freshly adapted model equals the base model", "features differ")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    adapted = towers()
+    still = [tower for tower, a, b in zip(("vision", "text"), adapted, base) if torch.allclose(a, b, atol=1e-4)]
+    if still:
+        raise _fail(entry, model_type, "non-zero adapters change the eval outputs of both towers",
+                    f"the {' and '.join(still)} tower ignores its adapters (a module that reads a wrapped "
+                    "layer's weight directly, or a fused fast path)")
+    merge_adapters(model)
+    if set(model.state_dict()) != keys or not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(towers(), adapted)):
+        raise _fail(entry, model_type, "merged adapters give the base architecture with the adapted outputs",
+                    "state-dict keys or features differ after merging")
+
+
+@per_type
 def check_state_dict_round_trip(entry: Entry, model_type: str) -> None:
     """Rule: a state dict saved (weights_only-loadable) and loaded strictly into a fresh model
     reproduces every tensor and the features exactly."""
@@ -431,4 +472,5 @@ BACKBONE_CHECKS = [
     check_export_matches_runtime,
     check_build_from_spec,
     check_tokenizer_reproducible_without_torch,
+    check_lora_adapters,
 ]

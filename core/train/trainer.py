@@ -24,6 +24,7 @@ from core.backbone import ClipModel
 from core.bad_samples import BadSampleLog
 from core.runtime.build import build_model, with_loss_logit_init
 from core.runtime.checkpoint import CheckpointManager, remove_stale_temp_files
+from core.runtime.lora import add_adapters, has_adapters
 from core.train.rng import preserved_rng, rng_state, set_rng_state
 from core.weights import FORMAT, VERSION, load_checkpoint
 from core.spec.config import ExperimentConfig
@@ -150,6 +151,10 @@ class Trainer:
     # ------------------------------------------------------------------ building
     def _freeze(self) -> None:
         m = self.cfg.model
+        if m.peft.enabled:
+            if not has_adapters(self.clip):  # a LoRA checkpoint as pretrained_model_path brings its own
+                add_adapters(self.clip, m.peft)
+            return
         if m.freeze_vision_encoder:
             self.clip.lock_image_tower(m.vision_unlocked_layers)
         if m.freeze_text_encoder:

@@ -78,6 +78,8 @@ def broken(break_name: str):
                                              "__call__": lambda self, texts: tokenize(texts)})()
     elif break_name == "checkpointing_flag_only":
         model.set_grad_checkpointing = lambda enable=True: None
+    elif break_name == "lora_targets_missing":
+        model.lora_targets = {"vision": ("conv_that_is_not_there",), "text": ("fc1",)}
     return model
 
 
@@ -108,6 +110,7 @@ BREAKS = {
     "spec_pad_id_wrong": (checks.check_tokenizer_reproducible_without_torch, "saved tokenizer directory and TextSpec"),
     "checkpointing_flag_only": (checks.check_grad_checkpointing_recomputes, "recomputes both towers in backward"),
     "pretrained_ignored": (checks.check_build_from_spec, "a missing model.pretrained path raises ClipcoreError"),
+    "lora_targets_missing": (checks.check_lora_adapters, "LoRA applies on the model's lora_targets"),
 }
 
 

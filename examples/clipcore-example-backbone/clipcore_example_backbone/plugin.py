@@ -53,8 +53,24 @@ class ConvBlock(nn.Sequential):
         super().__init__(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.GELU())
 
 
+class TextBlock(nn.Module):
+    """Pre-norm transformer block: attention, then an MLP (``fc1``, ``fc2``)."""
+
+    def __init__(self, width: int, heads: int = 4):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
 class TinyClip(ClipModel):
-    fsdp_wrap_classes = (ConvBlock, nn.TransformerEncoderLayer)
+    fsdp_wrap_classes = (ConvBlock, TextBlock)
+    lora_targets = {"vision": ("0",), "text": ("in_proj_weight", "fc1", "fc2")}  # convs; attention and MLP
 
     def __init__(self, model_type: str, *, width: int = 32, embed_dim: int = 32, image_size: int = 32,
                  logit_scale: float = math.log(10.0), logit_bias: float | None = -10.0):
@@ -67,11 +83,10 @@ class TinyClip(ClipModel):
             "blocks": nn.Sequential(ConvBlock(3, width), ConvBlock(width, width), ConvBlock(width, width)),
             "proj": nn.Linear(width, embed_dim),
         })
-        layer = lambda: nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
         self.text_tower = nn.ModuleDict({
             "embed": nn.Embedding(256 + BYTE_OFFSET, width),
             "pos": nn.Embedding(CONTEXT_LENGTH, width),
-            "blocks": nn.ModuleList([layer(), layer()]),
+            "blocks": nn.ModuleList([TextBlock(width), TextBlock(width)]),
             "proj": nn.Linear(width, embed_dim),
         })
         self.logit_scale, self.logit_bias = init_logit_params(logit_scale, logit_bias)
