@@ -7,7 +7,8 @@ loss of ``train.loss_type`` for every action). The weights decide whether the mo
 ``logit_bias``: only training adds one, with the loss's init, where the weights have none;
 ``evaluate``, ``inference`` and ``export`` never do. Families read the result through
 :func:`core.weights.init_logit_values`. A checkpoint with LoRA adapters (``model.peft``) gets its
-adapters back before its weights load; outside training they are then merged into the weights.
+adapters back before its weights load (an adapter-only one gets its base weights from the
+reference it stores first); outside training the adapters are then merged into the weights.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import logging
 import attrs
 
 from core.backbone import ClipModel
-from core.errors import ConfigError
-from core.runtime.lora import add_adapters, merge_adapters
+from core.errors import ClipcoreError, ConfigError
+from core.runtime.lora import add_adapters, load_adapter_state, merge_adapters
 from core.weights import load_checkpoint, load_model_weights
 from core.registry import get_registry
 
@@ -49,13 +50,22 @@ def build_model(cfg, checkpoint: str | None = None, *, key: str = "checkpoint", 
     m = (with_loss_logit_init(cfg, init_from) if init_from is not None else cfg).model
     if loss is None:
         m = attrs.evolve(m, init_logit_bias=None)  # only the weights bring a bias
-    ckpt = None
+    ckpt = base = None
     if checkpoint:
         ckpt = load_checkpoint(checkpoint, key=key)
+        base = ckpt.get("base")  # an adapter-only LoRA checkpoint names its base weights
         saved_bias = "logit_bias" in ckpt.get("model", {})
-        m = attrs.evolve(m, pretrained=False, init_logit_bias=0.0 if saved_bias and m.init_logit_bias is None
-                         else m.init_logit_bias)
-    model = family.build(attrs.evolve(cfg, model=m))
+        m = attrs.evolve(m, pretrained=base["pretrained"] if base else False,
+                         init_logit_bias=0.0 if saved_bias and m.init_logit_bias is None else m.init_logit_bias)
+    try:
+        model = family.build(attrs.evolve(cfg, model=m))
+        if base and base.get("pretrained_model_path"):
+            load_model_weights(model, base["pretrained_model_path"], key=key)
+    except ClipcoreError as err:
+        if base is None:
+            raise
+        raise ClipcoreError(f"the base weights of the LoRA checkpoint {checkpoint} cannot be loaded: {err.what}",
+                            where=key, fix=err.fix or "restore the base weights it was trained from") from None
     adapted = ckpt is not None and any(".lora_" in name for name in ckpt.get("model", {}))
     if adapted:
         if not cfg.model.peft.enabled:
@@ -63,7 +73,9 @@ def build_model(cfg, checkpoint: str | None = None, *, key: str = "checkpoint", 
                               fix="set model.peft.enabled = true with the [model.peft] settings it was trained with "
                                   "(config.toml beside the checkpoint has them)")
         add_adapters(model, cfg.model.peft)
-    if ckpt is not None:
+    if base is not None:
+        load_adapter_state(model, ckpt, checkpoint, key=key)
+    elif ckpt is not None:
         load_model_weights(model, checkpoint, key=key, checkpoint=ckpt, keep_initial_bias=loss is not None)
     if adapted and loss is None:
         merge_adapters(model)  # evaluate, inference and export run the base architecture with merged weights

@@ -130,3 +130,34 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
+
+
+# --------------------------------------------------------------------------- adapter-only checkpoints
+def base_reference(cfg: Any) -> dict[str, Any] | None:
+    """Where a LoRA run's base weights come from (stored in its checkpoints instead of the weights),
+    or ``None`` when they cannot be found again (random init: the checkpoint keeps every weight)."""
+    path = cfg.train.pretrained_model_path
+    if cfg.model.pretrained is False and not path:
+        return None
+    return {"pretrained": cfg.model.pretrained, "pretrained_model_path": path}
+
+
+def adapter_state(model_state: dict[str, Any]) -> dict[str, Any]:
+    """The trained part of a LoRA model's state dict: the adapters and the logit scale / bias."""
+    return {k: v for k, v in model_state.items() if ".lora_" in k or k in KEEP_TRAINABLE}
+
+
+def load_adapter_state(model: ClipModel, ckpt: dict[str, Any], path: Any, *, key: str) -> None:
+    """Load an adapter-only checkpoint into ``model`` (its base weights and adapters already in
+    place): every adapter of the model must be in the file and nothing else may be."""
+    from core.errors import ClipcoreError
+
+    if ckpt.get("model_type") != model.model_type:
+        raise ClipcoreError(f"{path} was saved for model type {ckpt.get('model_type')!r}, but model.type is "
+                            f"{model.model_type!r}", where=key, fix=f"set model.type = {ckpt.get('model_type')!r}")
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    lost = [k for k in missing if ".lora_" in k]
+    if lost or unexpected:
+        raise ClipcoreError(f"{path} does not match the adapters [model.peft] builds: {len(lost)} missing "
+                            f"(e.g. {lost[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})", where=key,
+                            fix="use the [model.peft] settings the run was trained with (its config.toml)")

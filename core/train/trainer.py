@@ -24,7 +24,7 @@ from core.backbone import ClipModel
 from core.bad_samples import BadSampleLog
 from core.runtime.build import build_model, with_loss_logit_init
 from core.runtime.checkpoint import CheckpointManager, remove_stale_temp_files
-from core.runtime.lora import add_adapters, has_adapters
+from core.runtime.lora import add_adapters, adapter_state, base_reference, has_adapters
 from core.train.rng import preserved_rng, rng_state, set_rng_state
 from core.weights import FORMAT, VERSION, load_checkpoint
 from core.spec.config import ExperimentConfig
@@ -367,7 +367,9 @@ class Trainer:
         """The full training state on rank 0 (``None`` elsewhere); a collective call.
 
         Model and optimizer state are gathered full state dicts keyed by parameter names, so they
-        load into any world size, strategy, or a single process (evaluate, export).
+        load into any world size, strategy, or a single process (evaluate, export). A LoRA run
+        whose base weights can be found again keeps only the adapters and the logit scale / bias,
+        with ``base``: where the base weights come from (:func:`core.runtime.lora.base_reference`).
         """
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -377,9 +379,11 @@ class Trainer:
         data = all_ranks(self.train_loader.state_dict(), self.world)
         if not self.world.is_main:
             return None
+        base = base_reference(self.cfg) if has_adapters(self.clip) else None
         return {
             "format": FORMAT, "version": VERSION, "model_type": self.clip.model_type,
-            "model": model_state, "optimizer": optim_state,
+            "model": model_state if base is None else adapter_state(model_state), "optimizer": optim_state,
+            **({"base": base} if base is not None else {}),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "train_state": {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
                             "samples_seen": self.samples_seen, "best_value": self.checkpoints.best_value,
@@ -400,8 +404,8 @@ class Trainer:
             raise ClipcoreError(f"{path} was saved for model type {ckpt.get('model_type')!r}, "
                                 f"but model.type is {self.clip.model_type!r}", where=key,
                                 fix="resume with the same model.type, or start a new results_dir")
-        set_state_dict(self.model, self.optimizer, model_state_dict=ckpt["model"],
-                       optim_state_dict=ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+        set_state_dict(self.model, self.optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, strict="base" not in ckpt))
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         state = ckpt["train_state"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.errors import ConfigError
+from core.errors import ClipcoreError, ConfigError
 from core.registry import get_registry
 from core.runtime.lora import add_adapters, has_adapters, merge_adapters
 from core.spec.load import load_config
@@ -168,3 +168,60 @@ def test_convert_spec_keeps_tao_peft_values(tmp_path):
     assert got.enabled and got.method == "lora" and not got.text.enabled
     assert (got.vision.target_modules, got.vision.num_last_blocks, got.vision.rank, got.vision.alpha,
             got.vision.dropout) == (["q_proj", "v_proj"], 2, 4, 8.0, 0.1)
+
+
+@pytest.fixture
+def base_checkpoint(tmp_path, training):
+    """A fully trained example-tiny checkpoint: the base weights a LoRA run starts from."""
+    from core.train.trainer import Trainer
+
+    Trainer(training.config(tmp_path / "base", num_epochs=1)).train()
+    return tmp_path / "base" / "train" / "latest.pth"
+
+
+def lora_run(training, results, base, *extra: str):
+    return load_config(None, [*training.overrides(results, num_epochs=2), "model.peft.enabled=true",
+                              f"train.pretrained_model_path={base}", *extra])
+
+
+def test_checkpoints_of_a_run_with_findable_base_weights_hold_only_the_adapters(tmp_path, training, base_checkpoint):
+    from core.runtime.build import build_model
+    from core.train.trainer import Trainer
+    from core.weights import load_checkpoint
+
+    cfg = lora_run(training, tmp_path / "lora", base_checkpoint)
+    trainer = Trainer(cfg)
+    trainer.train()
+    path = tmp_path / "lora" / "train" / "latest.pth"
+    ckpt = load_checkpoint(path)  # weights_only
+    assert ckpt["base"] == {"pretrained": False, "pretrained_model_path": str(base_checkpoint)}
+    assert ckpt["model"] and all(".lora_" in k or k in ("logit_scale", "logit_bias") for k in ckpt["model"])
+    assert path.stat().st_size < base_checkpoint.stat().st_size / 2
+    merged = build_model(cfg, str(path), key="evaluate.checkpoint").eval()
+    assert not has_adapters(merged)
+    assert torch.allclose(features(merged), features(trainer.clip.eval()), atol=1e-5)
+
+    resumed = Trainer(lora_run(training, tmp_path / "lora", base_checkpoint, "train.num_epochs=3",
+                               "train.resume_training_checkpoint_path=auto"))
+    assert resumed.step == trainer.step
+    assert all(torch.equal(resumed.clip.state_dict()[k], v) for k, v in trainer.clip.state_dict().items())
+
+    base_checkpoint.rename(base_checkpoint.with_name("moved.pth"))
+    with pytest.raises(ClipcoreError) as err:
+        build_model(cfg, str(path), key="evaluate.checkpoint")
+    assert "the base weights of the LoRA checkpoint" in str(err.value) and "moved" not in str(err.value)
+
+
+def test_a_lora_run_resumes_exactly(tmp_path, training, base_checkpoint):
+    from core.train.trainer import Trainer
+
+    every_step = ["train.checkpoint_interval_unit=step", "train.checkpoint_interval=1"]
+    straight = Trainer(lora_run(training, tmp_path / "straight", base_checkpoint, *every_step))
+    straight.train()
+    middle = tmp_path / "straight" / "train" / "step_3.pth"  # mid-epoch: 4 steps per epoch
+    resumed = Trainer(lora_run(training, tmp_path / "resumed", base_checkpoint, *every_step,
+                               f"train.resume_training_checkpoint_path={middle}"))
+    assert resumed.step == 3
+    resumed.train()
+    want, have = straight.clip.state_dict(), resumed.clip.state_dict()
+    assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)
