@@ -93,11 +93,13 @@ class Trainer:
         # 2. seed: the same on every rank for the model build, then per rank
         seed_everything(train.seed)
 
-        # 3. model (+ pretrained_model_path weights)
+        # 3. model (+ pretrained_model_path weights, + LoRA adapters)
         path = train.pretrained_model_path
         self.clip = build_model(cfg, checkpoint=path, key="train.pretrained_model_path", loss=loss_spec)
         if path:
             self.log.info(f"model weights from train.pretrained_model_path = {path}")
+        if cfg.model.peft.enabled and not has_adapters(self.clip):  # a LoRA checkpoint brings its own
+            add_adapters(self.clip, cfg.model.peft)  # before the per-rank seed: every rank inits them alike
         if train.seed >= 0:
             seed_everything(train.seed + self.world.rank)
 
@@ -151,9 +153,7 @@ class Trainer:
     # ------------------------------------------------------------------ building
     def _freeze(self) -> None:
         m = self.cfg.model
-        if m.peft.enabled:
-            if not has_adapters(self.clip):  # a LoRA checkpoint as pretrained_model_path brings its own
-                add_adapters(self.clip, m.peft)
+        if m.peft.enabled:  # the adapters alone train (step 3)
             return
         if m.freeze_vision_encoder:
             self.clip.lock_image_tower(m.vision_unlocked_layers)

@@ -20,6 +20,8 @@ from core.train.trainer import Trainer
 
 #: One epoch of example-tiny on 2 × 16 fixed synthetic pairs per step, varied by the scenario.
 COMMON = ["train.num_epochs=1", "train.num_gpus=2", "dataset.train.type=synthetic_fixed"]
+#: Adapters without dropout, whose random draws differ between one process and two.
+LORA = ["model.peft.enabled=true", "model.peft.vision.dropout=0", "model.peft.text.dropout=0"]
 SCENARIOS = {
     "ddp": [],
     "fsdp": ["train.distributed_strategy=fsdp"],
@@ -27,6 +29,8 @@ SCENARIOS = {
                                 "train.val_check_interval=1", "train.optim.optimizer_type=lamb",
                                 "dataset.val.datasets.0.image_dir=synthetic"],
     "ddp_frozen_text_unlocked": ["model.freeze_text_encoder=true", "model.text_unlocked_layers=1"],
+    "ddp_lora": LORA,
+    "fsdp_lora": [*LORA, "train.distributed_strategy=fsdp"],
 }
 
 

@@ -485,7 +485,6 @@ def test_convert_drops_inert_keys_renames_legacy_ones_and_reads_numbers(registry
     header = text.split("\nresults_dir")[0]
     for dropped in ('encryption_key = "nvidia_tlt": clipcore writes plain checkpoints',
                     "wandb = {enable = true, project = \"p\"}: Weights & Biases",
-                    "model.peft = {enabled = false}: declared by TAO but never used",
                     "train.triplet_loss_weight = 0.5:", "train.profiler_enabled = true:",
                     'dataset.train.datasets.0.train_pairs_file = "/p.json":'):
         assert dropped in header
@@ -497,6 +496,7 @@ def test_convert_drops_inert_keys_renames_legacy_ones_and_reads_numbers(registry
     cfg = load_config(path, registry=registry)
     assert cfg.train.optim.vision_lr == 1e-5 and cfg.train.optim.warmup_steps == 50
     assert cfg.dataset.augmentation.grayscale == 0.3 and cfg.model.adaptor_name == "clip"
+    assert cfg.model.peft.enabled is False and "model.peft" not in header  # kept, not dropped
 
 
 @pytest.mark.parametrize("content, message", [

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import attrs
 import pytest
 import torch
 
@@ -17,7 +16,7 @@ from core.weights import load_checkpoint
 from core.train.trainer import Trainer
 
 pytestmark = pytest.mark.distributed
-SCENARIOS = ["ddp", "fsdp", "fsdp_frozen_vision_lamb", "ddp_frozen_text_unlocked"]
+SCENARIOS = ["ddp", "fsdp", "fsdp_frozen_vision_lamb", "ddp_frozen_text_unlocked", "ddp_lora", "fsdp_lora"]
 WORKER = Path(__file__).with_name("dist_train_worker.py")
 
 
@@ -32,11 +31,12 @@ def runs(tmp_path_factory, training) -> Path:
     return root
 
 
-def _single_process(training, tmp_path: Path, **train) -> Trainer:
+def _single_process(training, tmp_path: Path, *overrides: str, **train) -> Trainer:
     """The reference: one process, batch 32 = the 2 × 16 global batch of the distributed runs."""
-    cfg = training.config(tmp_path, num_epochs=1, **train)
-    cfg = attrs.evolve(cfg, dataset=attrs.evolve(cfg.dataset, train=attrs.evolve(
-        cfg.dataset.train, type="synthetic_fixed", batch_size=32)))
+    from core.spec.load import load_config
+
+    cfg = load_config(None, [*training.overrides(tmp_path, num_epochs=1, **train), "dataset.train.type=synthetic_fixed",
+                             "dataset.train.batch_size=32", *overrides])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -58,11 +58,13 @@ def _train_records(out: Path) -> list[dict]:
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_lora", "fsdp_lora"])
 def test_two_processes_match_one_process_on_the_global_batch(runs, tmp_path, strategy, training):
     """Same losses and gradient norms at every step (Adam would hide a wrong gradient scale in the
-    weights), and the same weights up to float noise that Adam amplifies on tiny gradients."""
-    reference = _single_process(training, tmp_path)
+    weights), and the same weights up to float noise that Adam amplifies on tiny gradients; LoRA
+    runs (adapters added before wrapping) included."""
+    lora = ["model.peft.enabled=true", "model.peft.vision.dropout=0", "model.peft.text.dropout=0"]
+    reference = _single_process(training, tmp_path, *(lora if "lora" in strategy else []))
     out = runs / strategy / "train"
     ckpt = load_checkpoint(out / "latest.pth")
     assert ckpt["train_state"]["step"] == 2 and ckpt["train_state"]["world_size"] == 2
