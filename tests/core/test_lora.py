@@ -247,3 +247,19 @@ def test_lora_with_gradient_checkpointing_accumulation_and_bf16(tmp_path, traini
         assert worst < 1e-5, (name, worst)
     bf16 = run("bf16", "train.precision=bf16")
     assert all(bf16[k].abs().sum() > 0 for k in bf16 if ".lora_B" in k)  # B starts at zero: the adapters trained
+
+
+def test_dora_adapts_module_targets_and_merges_back():
+    model = tiny("siglip2-so400m-patch14-224")
+    base, keys = features(model), set(model.state_dict())
+    add_adapters(model, peft("model.peft.method=dora"))
+    model.eval()
+    assert torch.allclose(features(model), base, atol=1e-5)
+    assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    adapted = features(model)
+    merge_adapters(model)
+    assert set(model.state_dict()) == keys and torch.allclose(features(model), adapted, atol=1e-4)
