@@ -7,8 +7,8 @@ construction and on assignment, raising :class:`InvalidValue`); a field without 
 required. Loading, overrides and error messages live in ``core.spec.load``; this module only declares
 the schema.
 
-Fields TAO's public code declares but never uses (``regularization``, ``wandb``,
-``encryption_key``) are left out until they work: clipcore has no inert keys.
+Fields TAO declares that clipcore does not implement (``wandb``, ``encryption_key``) are left out:
+clipcore has no inert keys.
 """
 
 from __future__ import annotations
@@ -60,6 +60,18 @@ class PeftConfig:
 
 
 @spec
+class RegularizationConfig:
+    enabled: bool = opt(False, "Keep the model close to a frozen copy of the starting model (the teacher): losses "
+                               "on its embeddings and on its image-text similarity structure, against forgetting.")
+    embedding_mse_weight: float = opt(0.05, "Weight of the mean squared error between the normalised embeddings "
+                                            "and the teacher's.", validator=at_least(0))
+    cosine_weight: float = opt(0.05, "Weight of 1 - cosine(embedding, teacher embedding).", validator=at_least(0))
+    similarity_weight: float = opt(0.10, "Weight of the mean squared error between the image-text cosine "
+                                         "similarities and the teacher's, over the global batch.",
+                                   validator=at_least(0))
+
+
+@spec
 class ModelConfig:
     type: str = opt("siglip2-so400m-patch16-256",
                     "Model type; `core plugins` lists every registered type.")
@@ -89,6 +101,8 @@ class ModelConfig:
         None, "Canonicalize captions (big_vision: `_`->space, strip punctuation, lower-case, collapse "
               "spaces); unset: the family's default.")
     peft: PeftConfig = section(PeftConfig, "Parameter-efficient fine-tuning (LoRA / DoRA through peft), TAO's fields.")
+    regularization: RegularizationConfig = section(
+        RegularizationConfig, "The forgetting regularizer: losses against a frozen copy of the starting model, TAO's fields.")
     tokenizer_path: str | None = opt(
         None, "A local Hugging Face tokenizer directory (tokenizer.json ...); unset: the one beside the "
               "weights (the model directory, or a `tokenizer/` folder next to a weights file), else the "

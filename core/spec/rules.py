@@ -146,6 +146,11 @@ class _Checker:
             self.problem("train.checkpoint_interval",
                          f"{t.checkpoint_interval} epochs is larger than train.num_epochs ({t.num_epochs})",
                          'set checkpoint_interval <= num_epochs (or checkpoint_interval_unit = "step")')
+        if m.regularization.enabled and m.pretrained is False and not t.pretrained_model_path:
+            self.problem("model.regularization.enabled", "the regularizer keeps the model near its starting weights, "
+                         "but the model starts from random weights (model.pretrained = false)",
+                         "start from weights: set model.pretrained (published weights or a path) or "
+                         "train.pretrained_model_path, or disable model.regularization")
         if m.peft.enabled:
             for key in ("freeze_vision_encoder", "freeze_text_encoder", "vision_unlocked_layers", "text_unlocked_layers"):
                 if getattr(m, key):

@@ -22,12 +22,10 @@ from core.spec.schema import accepts_str, default_of, field_at, fits, type_at
 
 # Dotted key patterns (one fnmatch pattern per path component; `*` also matches list indices)
 # of TAO keys that do nothing in clipcore, with the reason given to the user.
-_UNUSED_BY_TAO = "declared by TAO but never used by its code"
 _TAO_71 = "a TAO 7.1-era option that clipcore does not implement"
 INERT: dict[str, str] = {
     "wandb": "Weights & Biases logging is not built in; clipcore logs to TensorBoard",
     "encryption_key": "clipcore writes plain checkpoints and ONNX files (no TAO model encryption)",
-    "model.regularization": _UNUSED_BY_TAO,
     "train.siglip_loss_dist_impl": "clipcore's loss picks its distributed implementation itself",
     "train.siglip_loss_mask_mode": _TAO_71,
     "train.triplet_loss_weight": _TAO_71 + " (no triplet loss)",

@@ -10,6 +10,7 @@ data, schedule, checkpoints, validation) and runs small step methods. Outputs go
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -34,6 +35,7 @@ from core.runtime.distributed import (World, all_ranks, all_true, from_main, ini
 from core.errors import ClipcoreError, ConfigError
 from core.loss import clamp_logit_scale
 from core.train.optim import build_optimizer, build_scheduler
+from core.train.regularize import RegularizedLoss, teacher_features
 from core.registry import get_registry
 from core.train.log import CURVES_FILE, METRICS_FILE, TrainLog, plot_curves
 
@@ -98,6 +100,9 @@ class Trainer:
         self.clip = build_model(cfg, checkpoint=path, key="train.pretrained_model_path", loss=loss_spec)
         if path:
             self.log.info(f"model weights from train.pretrained_model_path = {path}")
+        self.teacher = None  # the forgetting regularizer's frozen copy of the starting model
+        if cfg.model.regularization.enabled:
+            self.teacher = copy.deepcopy(self.clip).eval().requires_grad_(False)
         if cfg.model.peft.enabled and not has_adapters(self.clip):  # a LoRA checkpoint brings its own
             add_adapters(self.clip, cfg.model.peft)  # before the per-rank seed: every rank inits them alike
         if train.seed >= 0:
@@ -113,9 +118,13 @@ class Trainer:
         # 6. device and DDP / FSDP wrapping
         self.clip.to(self.world.device)
         self.model = wrap_model(self.clip, train.distributed_strategy, self.world)
+        if self.teacher is not None:
+            self.teacher.to(self.world.device)
 
-        # 7. loss
+        # 7. loss (+ the forgetting regularizer)
         self.loss_fn = loss_spec.build(cfg).to(self.world.device)
+        if self.teacher is not None:
+            self.loss_fn = RegularizedLoss(self.loss_fn, cfg.model.regularization)
 
         # 8. optimizer and gradient scaler
         self.optimizer = build_optimizer(self.clip, train.optim)
@@ -274,6 +283,8 @@ class Trainer:
         device = self.world.device
         micro_batches = [{"image": b["image"].to(device, non_blocking=True),
                           "input_ids": b["input_ids"].to(device, non_blocking=True)} for b in batches]
+        if self.teacher is not None:
+            self.loss_fn.teacher = teacher_features(self.teacher, micro_batches, self.autocast)
         return accumulated_step(self.model, self.loss_fn, micro_batches, autocast=self.autocast,
                                 backward=lambda loss: self.scaler.scale(loss).backward())
 
@@ -326,6 +337,8 @@ class Trainer:
         if self.clip.logit_bias is not None:
             record["train/logit_bias"] = self.clip.logit_bias.detach().item()
         record.update({f"train/lr/{name}": lr for name, lr in metrics["lr"].items()})
+        if self.teacher is not None:
+            record.update({f"train/{k}": mean_over_ranks(v, self.world).item() for k, v in self.loss_fn.terms.items()})
         self.log.train_metrics(step=self.step, epoch=self.epoch_number, metrics=record)
 
     def validate(self) -> dict[str, float] | None:

@@ -4,7 +4,7 @@ command line, one after the other, in the same 2-process gloo group.
     torchrun --nproc_per_node 2 tests/core/dist_train_worker.py SPEC RESULTS_ROOT SCENARIO [SCENARIO ...]
 
 SPEC is the tiny run (the ``training`` fixture's spec file); each scenario adds its overrides and
-writes to RESULTS_ROOT/<scenario>.
+writes to RESULTS_ROOT/<scenario>; ``*_reg`` scenarios start from RESULTS_ROOT/base.pth.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SCENARIOS = {
     "ddp_frozen_text_unlocked": ["model.freeze_text_encoder=true", "model.text_unlocked_layers=1"],
     "ddp_lora": LORA,
     "fsdp_lora": [*LORA, "train.distributed_strategy=fsdp"],
+    "ddp_reg": ["model.regularization.enabled=true"],  # + the base weights RESULTS_ROOT/base.pth
 }
 
 
@@ -39,7 +40,8 @@ def main() -> None:
     spec, root = Path(sys.argv[1]), Path(sys.argv[2])
     try:
         for name in sys.argv[3:]:
-            cfg = load_config(spec, [*COMMON, *SCENARIOS[name], f"results_dir={root / name}"])
+            base = [f"train.pretrained_model_path={root / 'base.pth'}"] if name.endswith("_reg") else []
+            cfg = load_config(spec, [*COMMON, *SCENARIOS[name], *base, f"results_dir={root / name}"])
             Trainer(cfg).train()
     finally:
         close_world()

@@ -16,14 +16,18 @@ from core.weights import load_checkpoint
 from core.train.trainer import Trainer
 
 pytestmark = pytest.mark.distributed
-SCENARIOS = ["ddp", "fsdp", "fsdp_frozen_vision_lamb", "ddp_frozen_text_unlocked", "ddp_lora", "fsdp_lora"]
+SCENARIOS = ["ddp", "fsdp", "fsdp_frozen_vision_lamb", "ddp_frozen_text_unlocked", "ddp_lora", "fsdp_lora",
+             "ddp_reg"]
 WORKER = Path(__file__).with_name("dist_train_worker.py")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, training) -> Path:
+    from core.runtime.checkpoint import model_checkpoint, save_atomic
+
     root = tmp_path_factory.mktemp("dist")
     spec = training.write_spec(root / "tiny.toml", root / "unused")
+    save_atomic(model_checkpoint(build_model(training.config(root / "unused"))), root / "base.pth")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
            str(spec), str(root), *SCENARIOS]
     done = subprocess.run(cmd, env=training.env(), capture_output=True, text=True, timeout=500)
@@ -58,19 +62,22 @@ def _train_records(out: Path) -> list[dict]:
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_lora", "fsdp_lora"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_lora", "fsdp_lora", "ddp_reg"])
 def test_two_processes_match_one_process_on_the_global_batch(runs, tmp_path, strategy, training):
     """Same losses and gradient norms at every step (Adam would hide a wrong gradient scale in the
     weights), and the same weights up to float noise that Adam amplifies on tiny gradients; LoRA
     runs (adapters added before wrapping) included."""
-    lora = ["model.peft.enabled=true", "model.peft.vision.dropout=0", "model.peft.text.dropout=0"]
-    reference = _single_process(training, tmp_path, *(lora if "lora" in strategy else []))
+    extra = {"ddp_lora": ["model.peft.enabled=true", "model.peft.vision.dropout=0", "model.peft.text.dropout=0"],
+             "ddp_reg": ["model.regularization.enabled=true", f"train.pretrained_model_path={runs / 'base.pth'}"]}
+    extra["fsdp_lora"] = extra["ddp_lora"]
+    reference = _single_process(training, tmp_path, *extra.get(strategy, []))
     out = runs / strategy / "train"
     ckpt = load_checkpoint(out / "latest.pth")
     assert ckpt["train_state"]["step"] == 2 and ckpt["train_state"]["world_size"] == 2
     assert len(ckpt["rng"]) == 2 and len(ckpt["data"]) == 2
     for ours, expected in zip(_train_records(out), _train_records(tmp_path / "train"), strict=True):
-        for key in ("train/loss", "train/grad_norm", "train/logit_scale", "train/lr/vision"):
+        for key in ("train/loss", "train/grad_norm", "train/logit_scale", "train/lr/vision",
+                    *(k for k in expected if k.startswith("train/reg/"))):
             assert ours[key] == pytest.approx(expected[key], rel=1e-5), key
     assert _max_diff(ckpt["model"], reference.clip.state_dict()) < 1e-4
 
