@@ -160,6 +160,10 @@ class TrainConfig:
     keep_last: int | None = opt(None, "Keep only the last N epoch/step checkpoints (latest and best are kept).",
                                 validator=at_least(1))
     best_metric: str = opt("val/t2i_mAP", "Validation metric that selects the `best` checkpoint.")
+    reference_metric: str = opt("ref/t2i_R@1", "The guard-set metric reference_max_drop bounds.")
+    reference_max_drop: float | None = opt(
+        None, "With dataset.reference: a checkpoint is `best` only while reference_metric stays within this drop "
+              "of its value before training (e.g. 0.01 = one point).", validator=at_least(0))
     log_every_n_steps: int = opt(10, "Log training metrics every N steps.", validator=at_least(1))
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/train.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
@@ -178,6 +182,18 @@ class TrainDataConfig:
 class ValDataConfig:
     type: str = opt("custom", "Dataset format plugin for validation and evaluate (must support retrieval).")
     datasets: list[DatasetEntry] = entries(DatasetEntry, "Validation datasets (custom format).")
+    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
+    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
+
+
+@spec
+class ReferenceConfig:
+    type: str = opt("custom", "Dataset format of the reference retrieval set (must support retrieval).")
+    datasets: list[DatasetEntry] = entries(DatasetEntry, "The reference retrieval set: what the model should keep "
+                                                         "knowing (e.g. general image-caption pairs).")
+    classification_dir: str | None = opt(
+        None, "A reference zero-shot classification folder (one sub-folder of images per class).")
+    class_names_file: str | None = opt(None, "Class names of classification_dir, one per line.")
     batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
     num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
 
@@ -203,6 +219,9 @@ class DatasetConfig:
                                 validator=at_least(1))
     train: TrainDataConfig = section(TrainDataConfig, "Training data.")
     val: ValDataConfig = section(ValDataConfig, "Validation data.")
+    reference: ReferenceConfig = section(
+        ReferenceConfig, "The guard set: evaluated at every validation (ref/* metrics, and once before training), "
+                         "to see what fine-tuning costs the model elsewhere.")
     augmentation: AugmentationConfig = section(AugmentationConfig, "Training augmentation.")
 
 

@@ -171,12 +171,28 @@ class _Checker:
         if fmt is not None:
             self.plugin(fmt, "dataset.train")
         self.entries("dataset.train.datasets", data.datasets)
+        self.reference()
         if cfg.dataset.val.datasets:
             self.registered("dataset_formats", cfg.dataset.val.type, "dataset.val.type")
             self.entries("dataset.val.datasets", cfg.dataset.val.datasets)
         if t.resume_training_checkpoint_path not in (None, "auto", "latest"):
             self.exists("train.resume_training_checkpoint_path", t.resume_training_checkpoint_path, "file")
         self.exists("train.pretrained_model_path", t.pretrained_model_path, "file")
+
+    def reference(self) -> None:
+        """The guard set (``dataset.reference``) and the bound on its drop."""
+        ref, t = self.cfg.dataset.reference, self.cfg.train
+        if ref.datasets:
+            self.registered("dataset_formats", ref.type, "dataset.reference.type")
+            self.entries("dataset.reference.datasets", ref.datasets)
+        self.exists("dataset.reference.classification_dir", ref.classification_dir, "dir")
+        self.exists("dataset.reference.class_names_file", ref.class_names_file, "file")
+        if t.reference_max_drop is not None and not (ref.datasets or ref.classification_dir):
+            self.problem("train.reference_max_drop", "is set, but there is no reference set",
+                         "add [[dataset.reference.datasets]] or dataset.reference.classification_dir, or unset it")
+        if not t.reference_metric.startswith("ref/"):
+            self.problem("train.reference_metric", f"{t.reference_metric!r} is not a guard-set metric",
+                         'name a ref/ metric, e.g. "ref/t2i_R@1" or "ref/classification/top1"')
 
     def evaluate(self) -> None:
         val, ev = self.cfg.dataset.val, self.cfg.evaluate

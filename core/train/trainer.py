@@ -151,6 +151,7 @@ class Trainer:
         if self.world.is_main:
             for stale in remove_stale_temp_files(self.out_dir):
                 self.log.info(f"removed {stale.name}, left by an interrupted checkpoint save")
+        self.reference_baseline: dict[str, float] | None = None  # the guard set before training
         resume = self._resume_path()
         if resume is not None:
             self.load_state(resume)
@@ -185,7 +186,8 @@ class Trainer:
         return fmt.build(request)
 
     def _build_validator(self):
-        if not self.cfg.dataset.val.datasets:
+        ref = self.cfg.dataset.reference
+        if not (self.cfg.dataset.val.datasets or ref.datasets or ref.classification_dir):
             self.log.info("no dataset.val.datasets: validation is off")
             return None
         from core.train.validation import Validator
@@ -213,6 +215,9 @@ class Trainer:
         """Run the remaining epochs, then write the final checkpoint and the curves."""
         self.log.start(total_steps=self.total_steps, done_steps=self.step, samples_seen=self.samples_seen)
         try:
+            if self.reference_baseline is None and self.validator is not None and self._has_reference():
+                self.reference_baseline = self.validate(target=False)  # what the model knew, at step 0
+                self._eligible(self.reference_baseline)  # a reference_metric the run does not measure fails now
             while self.epoch < self.cfg.train.num_epochs:
                 self.train_epoch()
             if self._saved_step != self.step:
@@ -341,23 +346,46 @@ class Trainer:
             record.update({f"train/{k}": mean_over_ranks(v, self.world).item() for k, v in self.loss_fn.terms.items()})
         self.log.train_metrics(step=self.step, epoch=self.epoch_number, metrics=record)
 
-    def validate(self) -> dict[str, float] | None:
-        """Retrieval metrics on ``dataset.val`` (every rank takes part; RNG streams untouched)."""
+    def validate(self, *, target: bool = True) -> dict[str, float] | None:
+        """Retrieval metrics on ``dataset.val`` and the guard set (every rank takes part; RNG streams
+        untouched); only the guard set without ``target``."""
         if self.validator is None:
             return None
         start = time.perf_counter()
         with preserved_rng():
-            metrics = from_main(self.validator.run(), self.world)
+            metrics = from_main(self.validator.run(target=target), self.world)
         self.model.train()
         self.log.write(step=self.step, epoch=self.epoch_number, metrics=metrics)
-        shown = ", ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in metrics.items() if k.endswith(("_R@1", "_R@5", "_mAP")))
+        shown = ", ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in metrics.items()
+                          if k.endswith(("_R@1", "_R@5", "_mAP", "top1")))
         self.log.info(f"validation at epoch {self.epoch_number} step {self.step} ({time.perf_counter() - start:.1f}s): {shown}")
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
+    def _has_reference(self) -> bool:
+        ref = self.cfg.dataset.reference
+        return bool(ref.datasets or ref.classification_dir)
+
+    def _eligible(self, metrics: dict[str, float]) -> bool:
+        """Whether a validation may give the best checkpoint: its guard-set metric stays within
+        ``train.reference_max_drop`` of the value before training."""
+        train = self.cfg.train
+        if train.reference_max_drop is None or not self.reference_baseline:
+            return True
+        name = train.reference_metric
+        if name not in metrics or name not in self.reference_baseline:
+            raise ConfigError(f"{name} is not a guard-set metric of this run", where="train.reference_metric",
+                              fix="choose one of: " + ", ".join(sorted(k for k in self.reference_baseline)))
+        drop = self.reference_baseline[name] - metrics[name]
+        if drop > train.reference_max_drop:
+            self.log.info(f"{name} dropped {drop:.4f} (> train.reference_max_drop {train.reference_max_drop}): "
+                          "not a candidate for the best checkpoint")
+            return False
+        return True
+
     def save(self, name: str, val_metrics: dict[str, float] | None = None) -> None:
         """Write a periodic checkpoint (and ``best.pth`` when ``val_metrics`` improved)."""
-        improved = val_metrics is not None and self.checkpoints.improved(val_metrics)
+        improved = val_metrics is not None and self._eligible(val_metrics) and self.checkpoints.improved(val_metrics)
         state = self.state_dict()
         if self.world.is_main:
             path = self.checkpoints.save(state, name)
@@ -368,7 +396,7 @@ class Trainer:
         self._barrier()
 
     def save_best(self, val_metrics: dict[str, float]) -> None:
-        if not self.checkpoints.improved(val_metrics):
+        if not (self._eligible(val_metrics) and self.checkpoints.improved(val_metrics)):
             return
         state = self.state_dict()
         if self.world.is_main:
@@ -400,6 +428,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "train_state": {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
                             "samples_seen": self.samples_seen, "best_value": self.checkpoints.best_value,
+                            "reference_baseline": self.reference_baseline,
                             "world_size": self.world.size},
             "data": data, "rng": rng,
         }
@@ -425,6 +454,7 @@ class Trainer:
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.samples_seen = state["samples_seen"]
         self.checkpoints.best_value = state["best_value"]
+        self.reference_baseline = state.get("reference_baseline")
         self._saved_step = self.step
         rank = self.world.rank
         if len(ckpt["rng"]) == self.world.size:
