@@ -4,7 +4,8 @@ An export writes, beside its model file(s):
 
 - ``<stem>_config.yaml``: TAO's layout (the experiment config, with ``model.init_logit_scale`` /
   ``init_logit_bias`` set to the trained values, log-space scale) plus a ``deploy`` section that
-  holds everything a runtime needs (see :data:`DEPLOY_KEYS`);
+  holds everything a runtime needs (see :data:`DEPLOY_KEYS`), and optionally ``provenance``: where
+  the weights came from (checkpoint, merged LoRA adapters, WiSE-FT α);
 - ``<stem>_tokenizer/``: a Hugging Face tokenizer directory (``tokenizer.json``).
 
 ``<stem>`` is the export's base stem: ``model`` for ``model.onnx`` and for the separate pair

@@ -88,6 +88,8 @@ class ClipModel(nn.Module):
       (a :class:`PreprocessSpec`);
     - ``export_refusal``: ``None`` if the model exports to ONNX, else the reason it cannot;
     - ``fsdp_wrap_classes``: the module classes FSDP shards as units (one per transformer block);
+    - ``provenance``: where the weights came from, set by core when it builds the model (the
+      checkpoint, merged LoRA adapters, a WiSE-FT α); exporters record it in the sidecar;
     - ``lora_targets``: ``{"vision": names, "text": names}``, the default LoRA targets inside the
       blocks (``model.peft``): submodule names of linear / conv layers (``q_proj``, ``qkv``) or
       parameter names ending in ``_weight`` for fused projections a module reads directly
@@ -109,6 +111,7 @@ class ClipModel(nn.Module):
     export_refusal: str | None = None
     fsdp_wrap_classes: tuple[type[nn.Module], ...] = ()
     lora_targets: dict[str, tuple[str, ...]] = {}
+    provenance: dict[str, Any] = {}
 
     # -- implemented by plugins ---------------------------------------------------------
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,10 @@ def build_model(cfg, checkpoint: str | None = None, *, key: str = "checkpoint", 
         load_model_weights(model, checkpoint, key=key, checkpoint=ckpt, keep_initial_bias=loss is not None)
     if adapted and loss is None:
         merge_adapters(model)  # evaluate, inference and export run the base architecture with merged weights
+    if ckpt is not None:
+        model.provenance = {"checkpoint": str(checkpoint),
+                            **({"lora_merged": attrs.asdict(cfg.model.peft)} if adapted and loss is None else {}),
+                            **({"wise_ft": ckpt["wise_ft"]} if "wise_ft" in ckpt else {})}
     if loss is not None and model.logit_bias is not None and (ckpt is None or "logit_bias" not in ckpt["model"]):
         log.info("the %s loss trains a logit bias; the model's starts at %.4g", loss.name, model.logit_bias.item())
     return model

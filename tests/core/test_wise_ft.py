@@ -54,6 +54,13 @@ def test_core_wise_ft_end_to_end(tmp_path, training, capsys):
     chosen = load_checkpoint(tmp_path / "wise_ft" / "wise_ft.pth")["wise_ft"]
     assert chosen["alpha"] == results["rule"]["alpha"] and (tmp_path / "wise_ft" / "wise_ft.png").stat().st_size > 0
 
+    import yaml
+
+    assert main(["export", "-c", str(spec), f"export.checkpoint={tmp_path / 'wise_ft' / 'wise_ft.pth'}",
+                 f"export.onnx_file={tmp_path / 'm.onnx'}", "export.input_height=32", "export.input_width=32"]) == 0
+    deploy = yaml.safe_load((tmp_path / "m_config.yaml").read_text())["deploy"]
+    assert deploy["provenance"]["wise_ft"]["alpha"] == chosen["alpha"]  # the chosen α travels to deployment
+
 
 def test_bad_alphas_on_the_command_line(tmp_path, training, capsys):
     spec = training.write_spec(tmp_path / "spec.toml", tmp_path)
