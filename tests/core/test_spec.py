@@ -192,8 +192,8 @@ def test_unknown_key_did_you_mean_and_valid_keys(registry, tmp_path):
     ("num_epochs = 5", "num_epochs belongs under [train]"),
     ("[train]\nvision_lr = 1e-5", "vision_lr belongs under [train.optim]"),
     ("[model]\ninput_height = 224", "input_height belongs under [export]"),
-    ("[model]\nbatch_size = 4", "batch_size belongs under [dataset.train], [dataset.val], [evaluate], "
-                                "[inference], [export], [gen_trt_engine]"),
+    ("[model]\nbatch_size = 4", "batch_size belongs under [dataset.train], [dataset.val], [dataset.reference], "
+                                "[evaluate], [inference], [export], [gen_trt_engine]"),
 ])
 def test_key_at_the_wrong_level_says_where_it_belongs(registry, tmp_path, toml, message):
     assert message in error(registry, toml, tmp=tmp_path)
