@@ -60,7 +60,8 @@ def build_model(cfg, checkpoint: str | None = None, *, key: str = "checkpoint", 
     try:
         model = family.build(attrs.evolve(cfg, model=m))
         if base and base.get("pretrained_model_path"):
-            load_model_weights(model, base["pretrained_model_path"], key=key)
+            # the adapter file brings the trained logit bias when the base had none
+            load_model_weights(model, base["pretrained_model_path"], key=key, keep_initial_bias=True)
     except ClipcoreError as err:
         if base is None:
             raise

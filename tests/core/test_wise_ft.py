@@ -67,3 +67,27 @@ def test_bad_alphas_on_the_command_line(tmp_path, training, capsys):
     code = main(["wise-ft", "-c", str(spec), "--finetuned", str(tmp_path / "x.pth"), "--alphas", "zero:one",
                  "dataset.val.datasets.0.image_dir=synthetic"])
     assert code == 2 and "--alphas: cannot read 'zero:one' as alphas" in capsys.readouterr().err
+
+
+def test_wise_ft_merges_lora_adapters_before_interpolating(tmp_path, training, capsys):
+    from core.runtime.checkpoint import model_checkpoint, save_atomic
+    from core.runtime.build import build_model
+    from core.train.trainer import Trainer
+    from core.weights import load_checkpoint
+
+    base = save_atomic(model_checkpoint(build_model(training.config(tmp_path / "start"))), tmp_path / "base.pth")
+    lora = ["model.peft.enabled=true", f"train.pretrained_model_path={base}"]
+    Trainer(load_config_with(training, tmp_path, lora)).train()
+    assert "base" in load_checkpoint(tmp_path / "train" / "latest.pth")  # adapters only
+    spec = training.write_spec(tmp_path / "spec.toml", tmp_path)
+    code = main(["wise-ft", "-c", str(spec), "--finetuned", str(tmp_path / "train" / "latest.pth"), "--alphas", "0,1",
+                 f"dataset.val.datasets.0.image_dir={tmp_path}", *lora])
+    assert code == 0, capsys.readouterr().err
+    weights = load_checkpoint(tmp_path / "wise_ft" / "wise_ft.pth")["model"]
+    assert not any(".lora_" in k for k in weights)  # interpolated in the base architecture
+
+
+def load_config_with(training, results, extra):
+    from core.spec.load import load_config
+
+    return load_config(None, [*training.overrides(results, validate=True, num_epochs=1), *extra])
