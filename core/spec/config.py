@@ -187,15 +187,13 @@ class ValDataConfig:
 
 
 @spec
-class ReferenceConfig:
-    type: str = opt("custom", "Dataset format of the reference retrieval set (must support retrieval).")
-    datasets: list[DatasetEntry] = entries(DatasetEntry, "The reference retrieval set: what the model should keep "
-                                                         "knowing (e.g. general image-caption pairs).")
+class ReferenceConfig(ValDataConfig):
+    """The guard set: a retrieval set like ``dataset.val`` (what the model should keep knowing), and/or a
+    zero-shot classification folder."""
+
     classification_dir: str | None = opt(
         None, "A reference zero-shot classification folder (one sub-folder of images per class).")
     class_names_file: str | None = opt(None, "Class names of classification_dir, one per line.")
-    batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
-    num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
 
 
 @spec

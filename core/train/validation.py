@@ -50,9 +50,8 @@ class Validator:
             if target and cfg.dataset.val.datasets:
                 metrics.update(self._retrieval(cfg, cfg.dataset.val, "val"))
             ref = cfg.dataset.reference
-            if ref.datasets:
-                as_val = attrs.evolve(cfg.dataset.val, type=ref.type, datasets=ref.datasets)
-                metrics.update(self._retrieval(attrs.evolve(cfg, dataset=attrs.evolve(cfg.dataset, val=as_val)), ref, "ref"))
+            if ref.datasets:  # the guard set is a validation set with extra fields
+                metrics.update(self._retrieval(attrs.evolve(cfg, dataset=attrs.evolve(cfg.dataset, val=ref)), ref, "ref"))
             if ref.classification_dir:
                 ev = attrs.evolve(cfg.evaluate, classification_dir=ref.classification_dir,
                                   class_names_file=ref.class_names_file, batch_size=ref.batch_size,

@@ -13,7 +13,7 @@ import yaml
 
 from core import hookimpl, spec
 from core.spec import load as spec_load
-from core.spec import rules as spec_check
+from core.spec import rules as spec_rules
 from core.backbone import BackboneFamily
 from core.cli.main import main
 from core.spec.config import ExperimentConfig, at_least
@@ -523,7 +523,7 @@ def test_convert_missing_file(registry, tmp_path):
 @pytest.fixture
 def cli(registry, monkeypatch, capsys):
     monkeypatch.setattr(spec_load, "get_registry", lambda: registry)
-    monkeypatch.setattr(spec_check, "get_registry", lambda: registry)
+    monkeypatch.setattr(spec_rules, "get_registry", lambda: registry)
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main([str(a) for a in argv])
