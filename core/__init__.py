@@ -32,12 +32,13 @@ _HOME = {
     "TextSpec": "core.backbone", "Tokenizer": "core.backbone", "init_logit_params": "core.backbone",
     "refuse_model_keys": "core.backbone",
     # loss contract and the collectives a loss over the global batch needs
-    "LossSpec": "core.loss", "world": "core.collectives", "all_gather_with_grad": "core.collectives",
+    "LossSpec": "core.loss", "positive_mask": "core.loss", "world": "core.collectives", "all_gather_with_grad": "core.collectives",
     "exchange_with_grad": "core.collectives", "ring_neighbours": "core.collectives",
     # dataset-format contract and the helpers loaders share
     "DatasetFormat": "core.data", "DataRequest": "core.data", "BatchLoader": "core.data",
     "RetrievalSet": "core.data", "RawSample": "core.data", "DatasetEntry": "core.data",
     "collate_samples": "core.batching", "finish_batch": "core.batching", "worker_seeds": "core.batching",
+    "match_id": "core.batching", "MATCH_KINDS": "core.batching",
     "check_global_batch": "core.batching", "too_many_bad": "core.batching", "MAX_CONSECUTIVE_BAD": "core.batching",
     "BadSample": "core.bad_samples", "BadSampleLog": "core.bad_samples",
     "open_image": "core.images", "decoded": "core.images", "to_rgb": "core.images",

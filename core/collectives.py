@@ -82,18 +82,19 @@ def exchange_with_grad(routes: Sequence[tuple[int, int]], *tensors: torch.Tensor
 
 
 def ring_neighbours(tensor: torch.Tensor):
-    """Yield, one by one, every other rank's ``tensor`` (not this rank's own) by passing it around
-    the ring in both directions: ⌊(W−1)/2⌋ rounds that receive from both neighbours, plus one
-    one-way hop when W−1 is odd. At most two received blocks are alive per round."""
+    """Yield, one by one, ``(source rank, its tensor)`` for every other rank (not this rank's own)
+    by passing ``tensor`` around the ring in both directions: ⌊(W−1)/2⌋ rounds that receive from
+    both neighbours, plus one one-way hop when W−1 is odd. At most two received blocks are alive
+    per round."""
     rank, size = world()
     left, right = (rank - 1) % size, (rank + 1) % size
     to_left = to_right = tensor
     rounds, one_way = divmod(size - 1, 2)
-    for _ in range(rounds):
+    for hop in range(1, rounds + 1):
         from_right, from_left = exchange_with_grad(((left, right), (right, left)), to_left, to_right)
-        yield from_right
-        yield from_left
+        yield (rank + hop) % size, from_right
+        yield (rank - hop) % size, from_left
         to_left, to_right = from_right, from_left
     if one_way:
         (from_left,) = exchange_with_grad(((right, left),), to_right)
-        yield from_left
+        yield (rank - rounds - 1) % size, from_left

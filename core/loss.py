@@ -18,10 +18,18 @@ class LossSpec:
 
     - ``name``: the value of ``train.loss_type`` (``mine``); unique across plugins.
     - ``build(cfg) -> nn.Module``: from the whole experiment config. The module is called as
-      ``loss(image_features, text_features, logit_scale, logit_bias)`` with this rank's L2-normalised
-      ``[B, D]`` features (``B`` equal on every rank), the exponentiated scale (0-d tensor) and the
-      bias (0-d tensor or ``None``), and returns a scalar. When ``torch.distributed`` is
+      ``loss(image_features, text_features, logit_scale, logit_bias, match_keys=None)`` with this
+      rank's L2-normalised ``[B, D]`` features (``B`` equal on every rank), the exponentiated scale
+      (0-d tensor), the bias (0-d tensor or ``None``) and, keyword only, the pairs' match keys
+      (int64 ``[B, K]`` or ``None``), and returns a scalar. When ``torch.distributed`` is
       initialised it communicates itself (every rank must call it), and:
+
+      * **compatible positives**: image ``i`` and text ``j`` are a positive pair when ``i == j``
+        or, with ``match_keys``, when :func:`positive_mask` says so (the same image, the same
+        text, the same user group: the trainer's ``train.compatible_positives``). Positives are
+        never treated as negatives, across ranks too (gather the keys with
+        :func:`core.collectives.all_gather_with_grad`). Without ``match_keys`` only ``i == j``
+        is positive.
 
       * **value**: the mean over ranks of the returned values equals the loss of one process on
         the concatenated global batch (log the all-reduced mean; a single rank's value is its share);
@@ -48,6 +56,24 @@ class LossSpec:
     identity_value: Callable[[int, float, float | None], float] | None = None
     description: str = ""
     config_sections: tuple[Any, ...] = ()
+
+
+def positive_mask(row_keys: torch.Tensor | None, column_keys: torch.Tensor | None, *, rows: int, columns: int,
+                  diagonal: int | None, device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool ``[rows, columns]``: True where row pair ``i`` and column pair ``j`` are positives.
+
+    That is ``j == i + diagonal`` (the pair itself; ``diagonal=None``: never) or, with keys, any
+    column ``k`` of the int64 ``[rows, K]`` / ``[columns, K]`` match keys equal and ``>= 0``
+    (``-1``: no key). Keys are what :func:`core.batching.finish_batch` puts in ``match_keys``.
+    """
+    mask = torch.zeros(rows, columns, dtype=torch.bool, device=device)
+    if diagonal is not None:
+        mask.diagonal(diagonal).fill_(True)
+    if row_keys is not None and column_keys is not None:
+        for k in range(row_keys.shape[1]):
+            row, column = row_keys[:, k, None], column_keys[None, :, k]
+            mask |= (row == column) & (row >= 0)
+    return mask
 
 
 @torch.no_grad()

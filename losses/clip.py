@@ -4,6 +4,10 @@ Distributed as open_clip's ``--local-loss --gather-with-grad``: both feature set
 with autograd, each rank scores its ``B`` rows against all ``N = W·B`` columns (``B×N`` logits,
 never ``N×N``) with labels offset by ``rank·B``, and returns the mean cross-entropy of its rows.
 
+Compatible positives (``match_keys``): a row's target is uniform over all its positives (its own
+pair and every pair sharing a match key, on any rank), a multi-positive soft-target cross-entropy;
+without other positives it is the one-hot target above.
+
 Gradient convention (what the trainer relies on): the mean over ranks of the returned losses is
 the single-process loss of the concatenated batch, and the gradient reaching a rank's features is
 ``∂(Σ_ranks loss_r)/∂(its features)``, so DDP/FSDP averaging of parameter gradients (÷W) gives
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import LossSpec, all_gather_with_grad, hookimpl, world
+from core import LossSpec, all_gather_with_grad, hookimpl, positive_mask, world
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's init: temperature 0.07
 
@@ -30,7 +34,8 @@ class ClipLoss(nn.Module):
     """Softmax InfoNCE of this rank's rows against the global batch (see the module docstring)."""
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None, *,
+                match_keys: torch.Tensor | None = None) -> torch.Tensor:
         rank, size = world()
         if size > 1:
             all_image, all_text = all_gather_with_grad(image_features), all_gather_with_grad(text_features)
@@ -41,8 +46,13 @@ class ClipLoss(nn.Module):
         if logit_bias is not None:
             per_image, per_text = per_image + logit_bias, per_text + logit_bias
         batch = image_features.shape[0]
-        labels = torch.arange(rank * batch, (rank + 1) * batch, device=image_features.device)
-        return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
+        if match_keys is None:
+            target = torch.arange(rank * batch, (rank + 1) * batch, device=image_features.device)
+        else:
+            mask = positive_mask(match_keys, all_gather_with_grad(match_keys), rows=batch, columns=all_text.shape[0],
+                                 diagonal=rank * batch, device=per_image.device).to(per_image.dtype)
+            target = mask / mask.sum(1, keepdim=True)
+        return (F.cross_entropy(per_image, target) + F.cross_entropy(per_text, target)) / 2
 
 
 def identity_value(batch: int, scale: float, bias: float | None) -> float:

@@ -1,7 +1,7 @@
 """The ``siglip`` loss: pairwise sigmoid loss with a learnable scale and bias (Zhai et al. 2023).
 
-For logits ``z = s · image @ textᵀ + b`` with label ``+1`` for a matched pair and ``−1`` for every
-other pair, each rank returns ``Σ softplus(−label · z) / B`` over its ``B`` images against all
+For logits ``z = s · image @ textᵀ + b`` with label ``+1`` for a matched pair (the pair itself
+and, with ``match_keys``, every compatible positive, on any rank) and ``−1`` for every other pair, each rank returns ``Σ softplus(−label · z) / B`` over its ``B`` images against all
 ``N = W·B`` texts of the global batch (open_clip's normalisation: sum over pairs / local batch).
 
 Gradient convention (what the trainer relies on): the mean over ranks of the returned losses is
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from core import ConfigError, ConfigSection, LossSpec, all_gather_with_grad, hookimpl, ring_neighbours, world
+from core import (ConfigError, ConfigSection, LossSpec, all_gather_with_grad, hookimpl, positive_mask, ring_neighbours,
+                  world)
 
 INIT_LOGIT_SCALE = math.log(10.0)  # SigLIP's init: scale 10, bias -10
 
@@ -68,14 +69,14 @@ SECTION = ConfigSection("train.siglip", SiglipLossConfig)
 
 class _SigmoidPairSum(torch.autograd.Function):
     """``Σ_ij softplus(z_ij) − Σ_pos z_ij`` for ``z = s·I·Tᵀ + b`` (``= Σ softplus(−label·z)``),
-    positives at ``(i, i + offset)`` when ``offset`` is not None.
+    positives where :func:`core.positive_mask` of the keys and ``offset`` says so.
 
     The loss is a scalar, so forward computes the gradients too, block by block, and keeps only
     those (inputs-sized); backward multiplies them by the incoming scalar. Math runs in fp32 at least.
     """
 
     @staticmethod
-    def forward(ctx, image, text, scale, bias, offset: int | None, chunk: int):
+    def forward(ctx, image, text, scale, bias, row_keys, column_keys, offset: int | None, chunk: int):
         need_grad = any(ctx.needs_input_grad[:4])
         with torch.autocast(image.device.type, enabled=False):
             dtype = torch.promote_types(image.dtype, torch.float32)
@@ -90,14 +91,13 @@ class _SigmoidPairSum(torch.autograd.Function):
                 block = img[start:start + rows]
                 dot = block @ txt.T
                 z = torch.addcmul(b, dot, s)
-                total += F.softplus(z).sum()
-                if offset is not None:
-                    total -= z.diagonal(offset + start).sum()
+                positives = _positives(None if row_keys is None else row_keys[start:start + rows], column_keys,
+                                       z, None if offset is None else offset + start)
+                total += F.softplus(z).sum() - z[positives].sum()
                 if not need_grad:
                     continue
                 g = z.sigmoid_()  # ∂/∂z of the summed loss: sigmoid(z) − [positive]
-                if offset is not None:
-                    g.diagonal(offset + start).sub_(1)
+                g[positives] -= 1
                 torch.mm(g, txt, out=grad_img[start:start + rows])
                 grad_txt.addmm_(g.T, block)
                 grad_s += dot.mul_(g).sum()  # dot is not needed after this
@@ -114,38 +114,54 @@ class _SigmoidPairSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         grads = [g * grad_out if g is not None else None for g in ctx.saved_tensors]
-        return (*grads, None, None)
+        return (*grads, None, None, None, None)
 
 
-def sigmoid_pair_sum(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                     *, positive_offset: int | None, chunk: int) -> torch.Tensor:
+def _positives(row_keys: torch.Tensor | None, column_keys: torch.Tensor | None, z: torch.Tensor,
+               diagonal: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the positives in the logits block ``z``."""
+    rows, columns = z.shape
+    if row_keys is None:  # the diagonal only: no mask needed
+        first, stop = (0, 0) if diagonal is None else (max(0, -diagonal), max(0, min(rows, columns - diagonal)))
+        index = torch.arange(first, max(first, stop), device=z.device)
+        return index, index + (diagonal or 0)
+    return positive_mask(row_keys, column_keys, rows=rows, columns=columns, diagonal=diagonal,
+                         device=z.device).nonzero(as_tuple=True)
+
+
+def sigmoid_pair_sum(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, *,
+                     row_keys: torch.Tensor | None = None, column_keys: torch.Tensor | None = None,
+                     positive_offset: int | None, chunk: int) -> torch.Tensor:
     """Summed sigmoid loss of ``image`` rows against ``text`` rows (see :class:`_SigmoidPairSum`)."""
-    return _SigmoidPairSum.apply(image, text, scale, bias, positive_offset, chunk)
+    return _SigmoidPairSum.apply(image, text, scale, bias, row_keys, column_keys, positive_offset, chunk)
 
 
 class SigLipLoss(nn.Module):
     """Sigmoid loss of this rank's pairs against the global batch; see the module docstring for
-    normalisation, the gradient convention and memory."""
+    normalisation, the gradient convention, compatible positives and memory."""
 
     def __init__(self, dist_impl: str = "bidir", chunk_size: int = 4096):
         super().__init__()
         self.config = SiglipLossConfig(dist_impl=dist_impl, chunk_size=chunk_size)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None, *,
+                match_keys: torch.Tensor | None = None) -> torch.Tensor:
         chunk = self.config.chunk_size
         rank, size = world()
+        batch = text_features.shape[0]
+        all_keys = all_gather_with_grad(match_keys) if match_keys is not None else None
         if size > 1 and self.config.dist_impl == "gather":
             all_text = all_gather_with_grad(text_features)
-            total = sigmoid_pair_sum(image_features, all_text, logit_scale, logit_bias,
-                                     positive_offset=rank * text_features.shape[0], chunk=chunk)
+            total = sigmoid_pair_sum(image_features, all_text, logit_scale, logit_bias, row_keys=match_keys,
+                                     column_keys=all_keys, positive_offset=rank * batch, chunk=chunk)
         else:
-            total = sigmoid_pair_sum(image_features, text_features, logit_scale, logit_bias,
-                                     positive_offset=0, chunk=chunk)
-            if size > 1:
-                for other in ring_neighbours(text_features):
-                    total = total + sigmoid_pair_sum(image_features, other, logit_scale, logit_bias,
-                                                     positive_offset=None, chunk=chunk)
+            total = sigmoid_pair_sum(image_features, text_features, logit_scale, logit_bias, row_keys=match_keys,
+                                     column_keys=match_keys, positive_offset=0, chunk=chunk)
+            for source, other in ring_neighbours(text_features) if size > 1 else ():
+                their_keys = None if all_keys is None else all_keys[source * batch:(source + 1) * batch]
+                total = total + sigmoid_pair_sum(image_features, other, logit_scale, logit_bias, row_keys=match_keys,
+                                                 column_keys=their_keys, positive_offset=None, chunk=chunk)
         return total / image_features.shape[0]
 
 

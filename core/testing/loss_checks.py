@@ -116,9 +116,43 @@ def check_pair_order_invariance(entry: Entry, registry: Registry) -> None:
         f"{where}: rule pair order invariance: loss {before:.7g} becomes {after:.7g} when the pairs are shuffled")
 
 
+def check_compatible_positives(entry: Entry, registry: Registry) -> None:
+    """Rule: pairs sharing a match key are positives, never negatives. Keys that match nothing
+    change nothing (loss and gradients); a marked pair whose logit is low is pulled together (its
+    gradient is negative) where, unmarked, it would be pushed apart."""
+    spec, where = entry.obj, _where(entry)
+    loss_fn = _build(spec)
+    batch = 6
+    unique = torch.arange(batch * 3).reshape(batch, 3)
+    marked = unique.clone()
+    marked[5, 2] = marked[0, 2]  # same group: pair 0 and pair 5
+    marked[3, 1] = marked[1, 1]  # identical text: pair 1 and pair 3
+    marked[4, 0] = -1  # no image key
+
+    def run(keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = torch.eye(batch, batch + 2)  # logits s·I + b: the off-diagonal logit is b
+        image, text = features.clone().requires_grad_(), features.clone().requires_grad_()
+        loss = loss_fn(image, text, torch.tensor(10.0), torch.tensor(-2.0), match_keys=keys)
+        loss.backward()
+        return loss.detach(), image.grad, text.grad
+
+    plain, with_unique = run(None), run(unique)
+    for name, a, b in zip(("loss", "image gradient", "text gradient"), plain, with_unique):
+        assert torch.allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE), (
+            f"{where}: rule compatible positives: match keys that match nothing change the {name}")
+    _, image_grad, text_grad = run(marked)
+    features = torch.eye(batch, batch + 2)
+    for i, j, kind in ((0, 5, "group"), (1, 3, "text")):
+        # orthonormal features: ∂loss/∂text_j · image_i = s·∂loss/∂z_ij, ∂loss/∂image_j · text_i = s·∂loss/∂z_ji
+        pull = float(text_grad[j] @ features[i]) + float(image_grad[j] @ features[i])
+        assert pull < 0, (f"{where}: rule compatible positives: pairs {i} and {j} share the {kind} key, yet the "
+                          f"loss pushes image {i} and text {j} (or image {j} and text {i}) apart "
+                          f"(∂loss/∂z summed: {pull:.4g} >= 0)")
+
+
 def check_distributed_equivalence(entry: Entry, registry: Registry) -> None:
-    """Rule: 2 gloo processes give the single-process loss and gradients of the concatenated batch
-    (see :func:`distributed_equivalence`)."""
+    """Rule: 2 gloo processes give the single-process loss and gradients of the concatenated batch,
+    with and without match keys (see :func:`distributed_equivalence`)."""
     distributed_equivalence([(_where(entry), entry.obj, None)])
 
 
@@ -127,22 +161,33 @@ def _problem(world_size: int, batch: int, seed: int = 0) -> dict[str, torch.Tens
     """A global batch of raw inputs, two linear "towers" and logit parameters."""
     generator = torch.Generator().manual_seed(seed)
     n = world_size * batch
-    return {"images": torch.randn(n, 12, generator=generator), "texts": torch.randn(n, 10, generator=generator),
+    keys = torch.arange(n * 3).reshape(n, 3)
+    keys[n - 1, 2] = keys[0, 2]  # compatible positives across ranks: a shared group,
+    keys[n - 2, 1] = keys[1, 1]  # an identical text,
+    keys[n // 2, 0] = keys[0, 0]  # the same image
+    keys[1, 2] = -1  # and a missing key
+    return {"match_keys": keys, "images": torch.randn(n, 12, generator=generator), "texts": torch.randn(n, 10, generator=generator),
             "image_proj": torch.randn(12, 8, generator=generator), "text_proj": torch.randn(10, 8, generator=generator),
             "log_scale": torch.tensor(math.log(10.0)), "bias": torch.tensor(-4.0)}
 
 
-def _step(loss_fn: torch.nn.Module, problem: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
-    """Forward + backward on ``rows`` of the problem; the loss and every gradient."""
+def _step(loss_fn: torch.nn.Module, problem: dict[str, torch.Tensor], rows: slice, keyed: bool
+          ) -> dict[str, torch.Tensor]:
+    """Forward + backward on ``rows`` of the problem (``keyed``: with its match keys); the loss and
+    every gradient."""
     leaves = {k: problem[k].clone().requires_grad_() for k in ("image_proj", "text_proj", "log_scale", "bias")}
     image = F.normalize(problem["images"][rows] @ leaves["image_proj"], dim=-1)
     text = F.normalize(problem["texts"][rows] @ leaves["text_proj"], dim=-1)
     image.retain_grad()
     text.retain_grad()
-    loss = loss_fn(image, text, leaves["log_scale"].exp(), leaves["bias"])
+    loss = loss_fn(image, text, leaves["log_scale"].exp(), leaves["bias"],
+                   match_keys=problem["match_keys"][rows] if keyed else None)
     loss.backward()
     return {"loss": loss.detach(), "image_features": image.grad, "text_features": text.grad,
             **{k: v.grad for k, v in leaves.items()}}
+
+
+KEYED = (False, True)  # every case runs without and with match keys
 
 
 def _rank_main(rank: int, world_size: int, port: int, cases: list, problem: dict, out: str) -> None:
@@ -152,7 +197,7 @@ def _rank_main(rank: int, world_size: int, port: int, cases: list, problem: dict
     try:
         batch = problem["images"].shape[0] // world_size
         rows = slice(rank * batch, (rank + 1) * batch)
-        results = [_step(_build(spec, cfg), problem, rows) for _, spec, cfg in cases]
+        results = [_step(_build(spec, cfg), problem, rows, keyed) for _, spec, cfg in cases for keyed in KEYED]
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -187,9 +232,11 @@ def distributed_equivalence(cases: Sequence[tuple[str, LossSpec, Any]], *, world
             raise AssertionError(f"{labels}: rule distributed equivalence: a rank raised:\n{exc}") from None
         ranks = [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     failures = []
-    for index, (label, spec, cfg) in enumerate(cases):
+    variants = [(label + (" (with match keys)" if keyed else ""), spec, cfg, keyed)
+                for label, spec, cfg in cases for keyed in KEYED]
+    for index, (label, spec, cfg, keyed) in enumerate(variants):
         try:
-            _compare(label, _step(_build(spec, cfg), problem, slice(None)), [r[index] for r in ranks])
+            _compare(label, _step(_build(spec, cfg), problem, slice(None), keyed), [r[index] for r in ranks])
         except AssertionError as exc:
             failures.append(str(exc))
     assert not failures, "\n".join(failures)
@@ -216,4 +263,4 @@ def _compare(label: str, reference: dict, ranks: list[dict]) -> None:
 
 
 LOSS_CHECKS = [check_identity_value, check_gradients_finite, check_logit_params_used, check_pair_order_invariance,
-               check_distributed_equivalence]
+               check_compatible_positives, check_distributed_equivalence]

@@ -40,16 +40,19 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
 
     ``model(image, input_ids)`` returns the :class:`core.backbone.ClipModel` forward dict
     (``image_features``, ``text_features``, ``logit_scale``, ``logit_bias``); each micro-batch is a
-    batch dict with ``image`` and ``input_ids``, all of the same size. ``loss_fn`` is a loss
+    batch dict with ``image``, ``input_ids`` and optionally ``match_keys`` (passed on to the loss,
+    concatenated like the features), all of the same size. ``loss_fn`` is a loss
     module as specified by :class:`core.loss.LossSpec`: backpropagate its value as is (no division
     by k). ``backward`` is ``True`` (``loss.backward()``), ``False`` (no backward), or a callable
     doing it (``lambda loss: scaler.scale(loss).backward()``). ``autocast`` wraps forwards and loss.
     """
     do_backward = (lambda loss: loss.backward()) if backward is True else backward or None
+    keys = _match_keys(micro_batches)
     if len(micro_batches) == 1 and do_backward is not None:
         with autocast():
             out = _encode(model, micro_batches[0])
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"],
+                           match_keys=keys)
         do_backward(loss)
         return loss.detach()
 
@@ -64,7 +67,8 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
                 cached[key].append(out[key])
         if do_backward is None:
             with autocast():
-                return loss_fn(*(torch.cat(cached[key]) for key in FEATURES), out["logit_scale"], out["logit_bias"])
+                return loss_fn(*(torch.cat(cached[key]) for key in FEATURES), out["logit_scale"], out["logit_bias"],
+                               match_keys=keys)
 
     last = len(micro_batches) - 1
     with preserved_rng():  # leave the streams as pass 1 left them
@@ -78,9 +82,14 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
                     scale, bias = out["logit_scale"], out["logit_bias"]
                     if index != last:
                         scale, bias = scale.detach(), None if bias is None else bias.detach()
-                    loss = loss_fn(*features, scale, bias)
+                    loss = loss_fn(*features, scale, bias, match_keys=keys)
                 do_backward(loss)
     return loss.detach()
+
+
+def _match_keys(micro_batches: Sequence[Batch]) -> torch.Tensor | None:
+    keys = [batch.get("match_keys") for batch in micro_batches]
+    return None if any(k is None for k in keys) else torch.cat(keys)
 
 
 def _encode(model: nn.Module, batch: Batch) -> dict[str, Any]:

@@ -37,8 +37,8 @@ class RegularizedLoss(nn.Module):
         self.terms: dict[str, torch.Tensor] = {}
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor | None) -> torch.Tensor:
-        base = self.loss(image_features, text_features, logit_scale, logit_bias)
+                logit_bias: torch.Tensor | None, match_keys: torch.Tensor | None = None) -> torch.Tensor:
+        base = self.loss(image_features, text_features, logit_scale, logit_bias, match_keys=match_keys)
         t_image, t_text = self.teacher
         s = torch.cat([image_features, text_features]).float()
         t = torch.cat([t_image, t_text]).float()

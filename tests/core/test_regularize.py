@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 
 class Zero(torch.nn.Module):
-    def forward(self, image_features, text_features, logit_scale, logit_bias):
+    def forward(self, image_features, text_features, logit_scale, logit_bias, match_keys=None):
         return image_features.sum() * 0
 
 

@@ -24,8 +24,8 @@ from core.spec.config import ExperimentConfig
 from core.errors import ConfigError
 from core.loss import MAX_LOGIT_SCALE, LossSpec, clamp_logit_scale
 from core.registry import Provider, load_registry
-from core.testing.loss_checks import (LOSS_CHECKS, check_gradients_finite, check_identity_value,
-                                      check_logit_params_used, distributed_equivalence)
+from core.testing.loss_checks import (LOSS_CHECKS, check_compatible_positives, check_gradients_finite,
+                                      check_identity_value, check_logit_params_used, distributed_equivalence)
 from losses.siglip import SiglipLossConfig
 
 torch.set_num_threads(1)
@@ -142,19 +142,46 @@ def test_builtin_losses_pass_the_local_checks(registry, name):
 
 def build_biasless_siglip(cfg):
     """A broken plugin: a sigmoid loss that ignores the bias."""
-    return lambda image, text, scale, bias: losses.siglip.SigLipLoss()(image, text, scale, None)
+    return lambda image, text, scale, bias, match_keys=None: losses.siglip.SigLipLoss()(
+        image, text, scale, None, match_keys=match_keys)
 
 
 def build_local_only_siglip(cfg):
     """A broken plugin: a sigmoid loss that sees only this rank's pairs."""
-    return lambda image, text, scale, bias: losses.siglip.sigmoid_pair_sum(
+    return lambda image, text, scale, bias, match_keys=None: losses.siglip.sigmoid_pair_sum(
         image, text, scale, bias, positive_offset=0, chunk=0) / len(image)
+
+
+def build_keyless_siglip(cfg):
+    """A broken plugin: a sigmoid loss that ignores the match keys (compatible positives are negatives)."""
+    return lambda image, text, scale, bias, match_keys=None: losses.siglip.SigLipLoss()(image, text, scale, bias)
+
+
+def build_local_keys_clip(cfg):
+    return LocalKeysClip()
+
+
+class LocalKeysClip(nn.Module):
+    """A broken plugin: clip that matches keys only against this rank's pairs (no gather)."""
+
+    def forward(self, image, text, scale, bias, match_keys=None):
+        rank, size = losses.clip.world()
+        if match_keys is None or size == 1:
+            return losses.clip.ClipLoss()(image, text, scale, bias, match_keys=match_keys)
+        padding = torch.full_like(match_keys, -1)
+        keys = torch.cat([match_keys if r == rank else padding for r in range(size)])
+        mask = losses.clip.positive_mask(match_keys, keys, rows=len(image), columns=len(keys),
+                                         diagonal=rank * len(image)).float()
+        all_image, all_text = (losses.clip.all_gather_with_grad(t) for t in (image, text))
+        target = mask / mask.sum(1, keepdim=True)
+        return (F.cross_entropy(scale * image @ all_text.T + bias, target)
+                + F.cross_entropy(scale * text @ all_image.T + bias, target)) / 2
 
 
 def build_naive_siglip(cfg):
     """A broken plugin: log(sigmoid(x)) underflows to log(0) for confident wrong pairs."""
 
-    def loss(image, text, scale, bias):
+    def loss(image, text, scale, bias, match_keys=None):
         labels = 2 * torch.eye(len(image)) - 1
         logits = scale * image @ text.T + (0 if bias is None else bias)
         return -torch.log(torch.sigmoid(labels * logits)).sum() / len(image)
@@ -178,6 +205,50 @@ def test_checks_name_the_plugin_and_the_rule(registry):
         check_gradients_finite(entry, registry)
 
 
+def test_a_loss_ignoring_match_keys_fails_the_compatible_positives_check(registry):
+    entry = attrs.evolve(registry.entries["losses"]["siglip"], obj=broken(build_keyless_siglip), name="broken")
+    with pytest.raises(AssertionError, match=r"loss 'broken': rule compatible positives: pairs 0 and 5 share the "
+                                             r"group key, yet the loss pushes image 0 and text 5 .* apart"):
+        check_compatible_positives(entry, registry)
+
+
+def dense_mask(keys, n):
+    same = (keys[:, None, :] == keys[None, :, :]) & (keys[:, None, :] >= 0)
+    return same.any(-1) | torch.eye(n, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_siglip_labels_compatible_positives_plus_one(chunk):
+    image, text, log_scale, bias = random_problem()
+    keys = torch.arange(36).reshape(12, 3)
+    keys[7, 0], keys[2, 1], keys[11, 2], keys[3, 2] = keys[1, 0], keys[9, 1], keys[4, 2], keys[4, 2]
+    labels = 2 * dense_mask(keys, 12).to(image.dtype) - 1
+
+    def reference(image, text, scale, bias, match_keys=None):
+        return F.softplus(-labels * (scale * image @ text.T + bias)).sum() / len(image)
+
+    got = loss_and_grads(lambda *a: losses.siglip.SigLipLoss(chunk_size=chunk)(*a, match_keys=keys),
+                         image, text, log_scale, bias)
+    for a, b in zip(got, loss_and_grads(reference, image, text, log_scale, bias)):
+        torch.testing.assert_close(a, b)
+
+
+def test_clip_targets_every_compatible_positive_equally():
+    image, text, log_scale, bias = random_problem()
+    keys = torch.arange(36).reshape(12, 3)
+    keys[7, 0], keys[2, 1], keys[11, 2], keys[3, 2] = keys[1, 0], keys[9, 1], keys[4, 2], keys[4, 2]
+    mask = dense_mask(keys, 12).to(image.dtype)
+
+    def reference(image, text, scale, bias):
+        per_row = lambda logits: -(mask * logits.log_softmax(-1)).sum(-1) / mask.sum(-1)
+        return (per_row(scale * image @ text.T).mean() + per_row(scale * text @ image.T).mean()) / 2
+
+    got = loss_and_grads(lambda *a: losses.clip.ClipLoss()(*a, match_keys=keys), image, text, log_scale, bias)
+    expected = loss_and_grads(reference, image, text, log_scale, bias)
+    for a, b in zip(got[:4], expected[:4]):  # the bias does not change a softmax: its gradient is 0 (or None)
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.distributed
 def test_two_ranks_equal_one_process(registry):
     """siglip (bidir, gather, chunked) and clip pass; a local-only loss is caught, alone."""
@@ -185,11 +256,14 @@ def test_two_ranks_equal_one_process(registry):
     cases = [("siglip bidir", siglip, None), ("siglip gather", siglip, siglip_cfg(dist_impl="gather")),
              ("siglip bidir chunked", siglip, siglip_cfg(chunk_size=2)),
              ("siglip gather chunked", siglip, siglip_cfg(dist_impl="gather", chunk_size=2)),
-             ("clip", clip, None), ("local-only", broken(build_local_only_siglip), None)]
+             ("clip", clip, None), ("local-only", broken(build_local_only_siglip), None),
+             ("local-keys", broken(build_local_keys_clip), None)]
     with pytest.raises(AssertionError) as err:
         distributed_equivalence(cases, world_size=2)
     lines = [line for line in str(err.value).splitlines() if "rule distributed equivalence" in line]
-    assert lines and all(line.startswith("local-only: rule distributed equivalence (2 gloo") for line in lines)
+    failed = {line.split(": rule")[0] for line in lines}
+    assert failed == {"local-only", "local-only (with match keys)", "local-keys (with match keys)"}, lines
+    assert all("(2 gloo processes vs one)" in line for line in lines)
 
 
 @pytest.mark.distributed
@@ -213,9 +287,16 @@ def tiny_model(dropout: float = 0.0) -> nn.Module:
 
 
 def batches(k: int, size: int):
+    """k micro-batches whose match keys pair samples across micro-batches (and ranks, split in halves)."""
     generator = torch.Generator().manual_seed(1)
+    keys = torch.arange(k * size * 3).reshape(k * size, 3)
+    keys[-1, 2], keys[size, 1], keys[1, 0] = keys[0, 2], keys[1, 1], -1
     return [{"image": torch.randn(size, 3, 32, 32, generator=generator),
-             "input_ids": torch.randint(2, 258, (size, 32), generator=generator)} for _ in range(k)]
+             "input_ids": torch.randint(2, 258, (size, 32), generator=generator),
+             "match_keys": keys[i * size:(i + 1) * size]} for i in range(k)]
+
+
+BATCH_KEYS = ("image", "input_ids", "match_keys")
 
 
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -225,7 +306,7 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("loss_fn", [losses.siglip.SigLipLoss(), losses.clip.ClipLoss()], ids=["siglip", "clip"])
 def test_accumulation_over_k_micro_batches_equals_one_big_batch(loss_fn):
     micro = batches(3, 4)
-    whole = [{key: torch.cat([b[key] for b in micro]) for key in ("image", "input_ids")}]
+    whole = [{key: torch.cat([b[key] for b in micro]) for key in BATCH_KEYS}]
     results = []
     for split in (whole, micro):
         model = tiny_model()
@@ -248,7 +329,7 @@ def test_accumulation_replays_dropout_masks():
     torch.manual_seed(7)
     out = [model(b["image"], b["input_ids"]) for b in micro]
     loss = loss_fn(*(torch.cat([o[k] for o in out]) for k in ("image_features", "text_features")),
-                   out[0]["logit_scale"], out[0]["logit_bias"])
+                   out[0]["logit_scale"], out[0]["logit_bias"], match_keys=torch.cat([b["match_keys"] for b in micro]))
     loss.backward()
     expected, after = grads(model), torch.get_rng_state()
     model.zero_grad()
@@ -281,7 +362,7 @@ def test_ddp_accumulation_equals_one_process_on_the_whole_batch(tmp_path):
         port = sock.getsockname()[1]
     mp.start_processes(ddp_accumulation_rank, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    whole = [{key: torch.cat([b[key] for b in batches(6, 2)]) for key in ("image", "input_ids")}]
+    whole = [{key: torch.cat([b[key] for b in batches(6, 2)]) for key in BATCH_KEYS}]
     for case, loss_fn in enumerate((losses.siglip.SigLipLoss(), losses.clip.ClipLoss())):
         model = tiny_model()
         loss = accumulated_step(model, loss_fn, whole)
