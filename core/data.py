@@ -26,6 +26,9 @@ class DatasetEntry:
     caption_file_suffix: str = opt(".txt", "Caption file = <image stem><suffix>.")
     caption_mode: Literal["file", "lines"] = opt(
         "file", "file: the whole file is one caption; lines: each non-empty line is a caption.")
+    group_file: str | None = opt(
+        None, "CSV of `image,group` lines (image relative to image_dir): images of one group are compatible "
+              "positives in training (train.compatible_positives).")
 
 
 @attrs.frozen(kw_only=True)
@@ -54,7 +57,8 @@ class BatchLoader(Protocol):
     """An epoch-aware, resumable iterable of batches for one rank.
 
     A batch is a dict: ``image`` float ``[B, 3, H, W]``, ``input_ids`` int64 ``[B, L]``, ``key``
-    list of ``B`` sample keys. ``len()`` is the number of batches this rank yields per epoch (the
+    list of ``B`` sample keys, and ``match_keys`` int64 ``[B, 3]`` (what makes pairs compatible
+    positives; :func:`core.batching.finish_batch` fills it; a loader without it gets none). ``len()`` is the number of batches this rank yields per epoch (the
     same on every rank; ``drop_last``); ``num_samples`` the samples per epoch over all ranks.
     Order depends only on (seed, epoch): ``set_epoch`` before iterating. ``state_dict()`` taken
     after k batches and restored with ``load_state_dict`` makes the next iteration continue at

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import attrs
 from attrs import field
 
+from core.batching import MATCH_KINDS
 from core.data import DatasetEntry
 from core.fields import Rule, above, at_least, each_at_least, entries, opt, section
 
@@ -26,6 +27,8 @@ BATCH_OR_DYNAMIC = Rule(lambda v: v == -1 or v >= 1, "-1 (dynamic batch) or >= 1
 MIN_IMAGE_SIDE = at_least(32)
 SCALE_RANGE = Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
                    "an ordered pair [min, max] with 0 < min <= max <= 1")
+MATCH_LIST = Rule(lambda v: len(set(v)) == len(v) and set(v) <= set(MATCH_KINDS),
+                  "distinct items of " + ", ".join(MATCH_KINDS))
 BETAS = Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)")
 COLOR_JITTER = Rule(
     lambda v: len(v) in (0, 4, 5) and all(x >= 0 for x in v) and (len(v) != 5 or v[0] <= 1)
@@ -149,6 +152,9 @@ class TrainConfig:
         None, "Resume from this checkpoint, or `auto` for the latest in results_dir.")
     pretrained_model_path: str | None = opt(None, "Start from a clipcore checkpoint's weights only.")
     loss_type: str = opt("siglip", "Loss plugin (`core plugins` lists the registered losses).")
+    compatible_positives: list[str] = opt(
+        list(MATCH_KINDS), "Pairs never pushed apart as negatives: the same image, identical caption text, the same "
+        "user group (a dataset format's group ids); [] = only each pair itself (TAO 7.0).", validator=MATCH_LIST)
     precision: Literal["fp32", "bf16", "fp16"] = opt(
         "bf16", "Training precision: fp32 | bf16 | fp16 (TAO default fp16; clipcore bf16).")
     grad_clip_norm: float | None = opt(None, "Clip the global gradient norm to this value.",

@@ -23,6 +23,7 @@ from torch import nn
 from core.train.accumulate import accumulated_step
 from core.backbone import ClipModel
 from core.bad_samples import BadSampleLog
+from core.batching import MATCH_KINDS
 from core.runtime.build import build_model, with_loss_logit_init
 from core.runtime.checkpoint import CheckpointManager, remove_stale_temp_files
 from core.runtime.lora import add_adapters, adapter_state, base_reference, has_adapters
@@ -287,11 +288,19 @@ class Trainer:
         rank's loss (detached)."""
         device = self.world.device
         micro_batches = [{"image": b["image"].to(device, non_blocking=True),
-                          "input_ids": b["input_ids"].to(device, non_blocking=True)} for b in batches]
+                          "input_ids": b["input_ids"].to(device, non_blocking=True),
+                          "match_keys": self.compatible_keys(b)} for b in batches]
         if self.teacher is not None:
             self.loss_fn.teacher = teacher_features(self.teacher, micro_batches, self.autocast)
         return accumulated_step(self.model, self.loss_fn, micro_batches, autocast=self.autocast,
                                 backward=lambda loss: self.scaler.scale(loss).backward())
+
+    def compatible_keys(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The batch's match keys of the kinds ``train.compatible_positives`` names, or ``None``."""
+        kinds = self.cfg.train.compatible_positives
+        if not kinds or "match_keys" not in batch:
+            return None
+        return batch["match_keys"][:, [MATCH_KINDS.index(kind) for kind in kinds]].to(self.world.device)
 
     def autocast(self):
         return torch.autocast(self.world.device.type, dtype=self.autocast_dtype or torch.float32,

@@ -6,12 +6,15 @@ Rules (``dataset.*.datasets`` entries): images are the files of ``image_dir`` (a
 ``image_list_file`` names (relative to ``image_dir``, in the list's order). An image's caption
 is ``<relative folder>/<stem><caption_file_suffix>`` in ``caption_dir`` (unset: beside the
 image), or else the only caption file in ``caption_dir`` with that file name. Entries are
-concatenated in order. Problems found while indexing (missing images or captions, unreadable
+concatenated in order. ``group_file`` (optional) is a CSV of ``image,group`` rows, image names as
+in ``image_list_file``; a first row ``image,group`` is a header. Problems found while indexing (missing images or captions, unreadable
 archive members) go to ``record(path, reason, detail)``.
 """
 
 from __future__ import annotations
 
+import csv
+import logging
 import posixpath
 from typing import Any, Callable, Literal
 
@@ -21,16 +24,19 @@ from core import IMAGE_EXTENSIONS, DataError
 from plugins.custom.sources import FolderSource, TarSource, open_source
 
 Recorder = Callable[[str, str, str], None]
+log = logging.getLogger("clipcore.data")
 
 
 @attrs.define
 class EntryIndex:
-    """One dataset entry: its sources, caption mode and ``pairs`` of (image name, caption name)."""
+    """One dataset entry: its sources, caption mode, ``pairs`` of (image name, caption name) and
+    ``groups`` (image name -> user group)."""
 
     images: FolderSource | TarSource
     captions: FolderSource | TarSource
     caption_mode: Literal["file", "lines"]
     pairs: list[tuple[str, str]]
+    groups: dict[str, str] = attrs.field(factory=dict)
 
 
 def index_entries(entries: list[Any], key: str, record: Recorder) -> list[EntryIndex]:
@@ -63,7 +69,34 @@ def index_entry(entry: Any, key: str, record: Recorder) -> EntryIndex:
             record(images.display(name), "missing-caption", f"expected {expected}")
         else:
             pairs.append((name, caption))
-    return EntryIndex(images=images, captions=captions, caption_mode=entry.caption_mode, pairs=pairs)
+    groups = _groups(entry.group_file, f"{key}.group_file", set(names)) if entry.group_file else {}
+    return EntryIndex(images=images, captions=captions, caption_mode=entry.caption_mode, pairs=pairs, groups=groups)
+
+
+def _image_name(line: str) -> str:
+    """An image name as a list file writes it, relative to image_dir."""
+    return posixpath.normpath(line.strip().replace("\\", "/")).lstrip("/")
+
+
+def _groups(path: str, key: str, names: set[str]) -> dict[str, str]:
+    fix = "write one `image,group` row per line, the image relative to image_dir as in image_list_file"
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read the group file ({type(exc).__name__}: {exc})", where=key, fix=fix) from None
+    groups: dict[str, str] = {}
+    for number, row in enumerate(rows, 1):
+        if not row or (number == 1 and [c.strip() for c in row] == ["image", "group"]):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"line {number} of {path} is not `image,group`: {','.join(row)!r}", where=key, fix=fix)
+        groups[_image_name(row[0])] = row[1].strip()
+    unknown = sorted(set(groups) - names)
+    if unknown:
+        log.warning("%s: %d of %d images in %s are not in this dataset (e.g. %s); their groups are unused",
+                    key, len(unknown), len(groups), path, unknown[0])
+    return groups
 
 
 def _listed_images(entry: Any, key: str, files: list[str], images: FolderSource | TarSource,
@@ -76,7 +109,7 @@ def _listed_images(entry: Any, key: str, files: list[str], images: FolderSource 
                         where=f"{key}.image_list_file", fix="point it at a UTF-8 text file, one image per line") from None
     present, names = set(files), []
     for line in filter(None, lines):
-        name = posixpath.normpath(line.replace("\\", "/")).lstrip("/")
+        name = _image_name(line)
         if name in present:
             names.append(name)
         else:

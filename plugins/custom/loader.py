@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core import (MAX_CONSECUTIVE_BAD, BadSample, BadSampleLog, DataRequest, RetrievalSet, check_global_batch,
-                  collate_samples, decoded, finish_batch, open_image, parse_captions, too_many_bad,
-                  worker_seeds)
+                  collate_samples, decoded, finish_batch, match_id, open_image, parse_captions,
+                  too_many_bad, worker_seeds)
 from plugins.custom.index import EntryIndex, index_entries
 
 log = logging.getLogger("clipcore.data")
@@ -64,19 +64,28 @@ class PairDataset(Dataset):
             exc.detail = f"{entry.captions.display(caption)}: {exc.detail}"
             raise
 
-    def image(self, index: int, seed: int | None = None) -> torch.Tensor:
-        """Sample ``index``'s transformed image; raises :class:`BadSample`. With ``seed``, random
-        augmentation draws from a generator seeded with it, so the result does not depend on which
-        worker process runs it or what it ran before (exact resume with any worker count)."""
+    def image_bytes(self, index: int) -> bytes:
+        """Sample ``index``'s image file; raises :class:`BadSample`."""
         entry, image, _ = self.locate(index)
         try:
-            data = entry.images.read(image)
+            return entry.images.read(image)
         except FileNotFoundError:
             raise BadSample("missing-image", "no such file") from None
         except OSError as exc:
             raise BadSample("corrupt-image", f"cannot read: {exc}") from None
-        opened = open_image(data, self.max_pixels)
+
+    def image(self, index: int, data: bytes | None = None, seed: int | None = None) -> torch.Tensor:
+        """Sample ``index``'s transformed image (from ``data`` when given); raises :class:`BadSample`.
+        With ``seed``, random augmentation draws from a generator seeded with it, so the result does
+        not depend on which worker process runs it or what it ran before (exact resume with any
+        worker count)."""
+        opened = open_image(self.image_bytes(index) if data is None else data, self.max_pixels)
         return decoded(lambda: self.transform(opened), seed=seed)
+
+    def group(self, index: int) -> str | None:
+        """Sample ``index``'s user group (the entry's ``group_file``), or ``None``."""
+        entry, image, _ = self.locate(index)
+        return entry.groups.get(image)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, epoch = item
@@ -85,8 +94,10 @@ class PairDataset(Dataset):
         for _ in range(MAX_CONSECUTIVE_BAD):
             try:
                 caption = rng.choice(self.captions(index))
-                image = self.image(index, seed=rng.getrandbits(63))
-                return {"image": image, "caption": caption, "key": self.key(index), "bad": bad}
+                data = self.image_bytes(index)
+                image = self.image(index, data, seed=rng.getrandbits(63))
+                return {"image": image, "caption": caption, "key": self.key(index), "image_id": match_id(data),
+                        "group": self.group(index), "bad": bad}
             except BadSample as exc:
                 bad.append(exc.record(self.key(index)))
                 index = rng.randrange(len(self))

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from core import BadSampleLog, DataError, DataRequest, check_global_batch, finish_batch, worker_seeds
 from plugins.wds.config import SECTION
 from plugins.wds.shards import count_samples, list_shards
-from plugins.wds.stream import ShardStream, WorkerStart, batches_per_rank, identity
+from plugins.wds.stream import SAMPLE_FIELDS, ShardStream, WorkerStart, batches_per_rank, identity
 
 log = logging.getLogger("clipcore.data")
 
@@ -131,8 +131,7 @@ class ShardLoader:
         last = parts[-1][0]["worker"]
         self.next_worker = chunks[0][0]["worker"] if chunks else (last + 1) % self.stream.workers
         return {"image": torch.cat([c["image"][a:b] for c, a, b in parts]),
-                "caption": [t for c, a, b in parts for t in c["caption"][a:b]],
-                "key": [k for c, a, b in parts for k in c["key"][a:b]],
+                **{field: [value for c, a, b in parts for value in c[field][a:b]] for field in SAMPLE_FIELDS},
                 "bad": [r for c, a, b in parts for records in c["bad"][a:b] for r in records]}
 
 

@@ -21,13 +21,15 @@ import attrs
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from core import BadSample, decoded, open_image, parse_captions
+from core import BadSample, decoded, match_id, open_image, parse_captions
 from plugins.wds.shards import read_shard
 
 log = logging.getLogger("clipcore.data")
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text")
+GROUP_KEYS = ("group", "cls")  # a user group (e.g. a class or identity): its members are compatible positives
+SAMPLE_FIELDS = ("caption", "key", "image_id", "group")
 
 
 def batches_per_rank(sizes: Sequence[int], world_size: int, batch_size: int) -> int:
@@ -178,13 +180,15 @@ class ShardStream(IterableDataset):
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{position}")
         opened = open_image(image, self.max_pixels)
         caption = rng.choice(captions)
+        group = next((item[k] for k in GROUP_KEYS if k in item), None)
         return {"image": decoded(lambda: self.transform(opened), seed=rng.getrandbits(63)), "caption": caption,
-                "key": key}
+                "key": key, "image_id": match_id(image),
+                "group": None if group is None else group.decode("utf-8", "replace").strip() or None}
 
 
 def _stack(samples: list[dict[str, Any]], worker: int) -> dict[str, Any]:
     return {"image": torch.stack([s["image"] for s in samples]), "worker": worker,
-            **{field: [s[field] for s in samples] for field in ("caption", "key", "bad", "position", "emitted")}}
+            **{field: [s[field] for s in samples] for field in (*SAMPLE_FIELDS, "bad", "position", "emitted")}}
 
 
 def _members(item: dict[str, Any]) -> str:

@@ -61,6 +61,43 @@ def test_run_writes_checkpoints_metrics_tensorboard_curves_logs_and_config(tmp_p
         "losses", "siglip", key="k").init_logit_scale)
 
 
+class KeyRecorder(torch.nn.Module):
+    """Wraps the trainer's loss and records the match keys it receives."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss, self.seen = loss, []
+
+    def forward(self, *args, match_keys=None):
+        self.seen.append(match_keys)
+        return self.loss(*args, match_keys=match_keys)
+
+
+@pytest.mark.parametrize("kinds, columns", [(None, [0, 1, 2]), (["group"], [2]), (["text", "image"], [1, 0]),
+                                            ([], None)])
+def test_the_loss_gets_the_match_keys_of_the_compatible_positive_kinds(tmp_path, training, kinds, columns):
+    from tests.fake_plugins.synthetic_data import MATCH_KEYS
+
+    extra = {} if kinds is None else {"compatible_positives": kinds}
+    trainer = Trainer(training.config(tmp_path, num_epochs=1, accum_steps=2, **extra))
+    trainer.loss_fn = recorder = KeyRecorder(trainer.loss_fn)
+    trainer.train()
+    if columns is None:
+        assert recorder.seen and all(keys is None for keys in recorder.seen)
+        return
+    for keys in recorder.seen:  # accumulation: the loss sees both micro-batches' keys
+        assert keys.shape == (32, len(columns))
+        assert all((MATCH_KEYS[:, columns] == row).all(1).any() for row in keys)
+
+
+def test_compatible_positives_must_be_distinct_known_kinds(tmp_path, training):
+    from core.spec.load import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, training.overrides(tmp_path) + ['train.compatible_positives=["image", "caption"]'])
+    assert "train.compatible_positives" in str(err.value) and "distinct items of image, text, group" in str(err.value)
+
+
 def test_bf16_trains_on_cpu(tmp_path, training):
     trainer = _run(training.config(tmp_path, num_epochs=1, precision="bf16"))
     assert trainer.step == 4

@@ -11,6 +11,8 @@ import torch
 from core import DatasetFormat, RetrievalSet, hookimpl
 
 N = 64
+# match keys (image, text, group): unique images and texts; pairs i and i + 32 share a group
+MATCH_KEYS = torch.stack([torch.arange(N), torch.arange(N) + N, torch.arange(N) % 32], dim=1)
 
 
 def _pairs(tokenizer, size):
@@ -49,7 +51,8 @@ class Loader:
             if self.flip:
                 flip = torch.rand(len(idx)) < 0.5
                 images[flip] = images[flip].flip(-1)
-            yield {"image": images, "input_ids": self.ids[idx], "key": [str(int(i)) for i in idx]}
+            yield {"image": images, "input_ids": self.ids[idx], "key": [str(int(i)) for i in idx],
+                   "match_keys": MATCH_KEYS[idx]}
 
     def state_dict(self):
         return {"epoch": self.epoch, "pos": self.pos}

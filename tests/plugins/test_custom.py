@@ -179,3 +179,51 @@ def test_augmented_resume_is_exact_with_any_worker_count(tmp_path, data_kit):
     tail = images(resumed)
     assert len(tail) == len(full) - 2
     assert all(torch.equal(a, b) for a, b in zip(tail, full[2:]))
+
+
+# --------------------------------------------------------------------------- compatible positives
+def match_columns(batch, keys):
+    """{sample name: (image key, text key, group key)} of a batch."""
+    return {Path(k).name: tuple(row) for k, row in zip(keys, batch["match_keys"].tolist())}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_carry_image_text_and_group_match_keys(tmp_path, data_kit, workers):
+    root = tmp_path / "images"
+    data_kit.write_folder(root, 4)
+    (root / "img-003.png").write_bytes((root / "img-000.png").read_bytes())  # the same image, another name
+    (root / "img-002.txt").write_text("caption   1 ")  # the same text as img-001 after whitespace
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,group\nimg-000.png,red\n./img-002.png,red\nimg-001.png,blue\n")
+    cfg = data_kit.config(DatasetEntry(image_dir=str(root), group_file=str(groups)))
+    loader = build(data_kit.request(cfg, batch_size=4, num_workers=workers))
+    loader.set_epoch(0)
+    (batch,) = list(loader)
+    keys = match_columns(batch, batch["key"])
+    assert keys["img-003.png"][0] == keys["img-000.png"][0] != keys["img-001.png"][0]
+    assert keys["img-002.png"][1] == keys["img-001.png"][1] != keys["img-000.png"][1]
+    assert keys["img-000.png"][2] == keys["img-002.png"][2] != keys["img-001.png"][2]
+    assert keys["img-003.png"][2] == -1 and min(keys["img-000.png"]) >= 0
+
+
+def test_group_file_lines_that_are_not_image_group_pairs_are_a_clear_error(tmp_path, data_kit):
+    data_kit.write_folder(tmp_path / "images", 2)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("img-000.png,red\nimg-001.png\n")
+    cfg = data_kit.config(DatasetEntry(image_dir=str(tmp_path / "images"), group_file=str(groups)))
+    with pytest.raises(DataError) as err:
+        build(data_kit.request(cfg))
+    assert str(err.value).startswith(
+        f"dataset.train.datasets.0.group_file: line 2 of {groups} is not `image,group`: 'img-001.png'\n  fix: "
+        "write one `image,group` row per line")
+    cfg.dataset.train.datasets[0].group_file = str(tmp_path / "absent.csv")
+    with pytest.raises(DataError, match=r"cannot read the group file \(FileNotFoundError"):
+        build(data_kit.request(cfg))
+
+
+def test_group_file_images_outside_the_dataset_are_reported(tmp_path, data_kit, caplog):
+    data_kit.write_folder(tmp_path / "images", 2)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("img-000.png,red\nother/img-9.png,red\n")
+    build(data_kit.request(data_kit.config(DatasetEntry(image_dir=str(tmp_path / "images"), group_file=str(groups)))))
+    assert "1 of 2 images in" in caplog.text and "e.g. other/img-9.png" in caplog.text

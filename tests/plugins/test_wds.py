@@ -190,3 +190,22 @@ def test_resume_with_augmentation_gives_the_same_images_in_the_same_order(tmp_pa
     got = head + list(resumed)
     assert [b["key"] for b in got] == [b["key"] for b in full]
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, full))
+
+
+def test_group_and_cls_members_and_image_bytes_give_match_keys(tmp_path, data_kit):
+    same = data_kit.image_bytes("PNG", seed=1)
+    members = {"a.txt": b"one", "a.png": same, "a.group": b"red\n",
+               "b.txt": b"two", "b.png": same, "b.cls": b"7",
+               "c.txt": b"one", "c.png": data_kit.image_bytes("PNG", seed=2), "c.cls": b"red"}
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    loader = wds.build(data_kit.request(wds_config(data_kit, tmp_path, samples_per_shard=3), batch_size=3))
+    loader.set_epoch(0)
+    (batch,) = list(loader)
+    keys = dict(zip(short(batch["key"]), batch["match_keys"].tolist()))
+    assert keys["a"][0] == keys["b"][0] != keys["c"][0]  # the same image bytes
+    assert keys["a"][1] == keys["c"][1] != keys["b"][1]  # the same text
+    assert keys["a"][2] == keys["c"][2] != keys["b"][2] and keys["b"][2] >= 0  # group "red"; cls 7
