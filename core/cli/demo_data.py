@@ -1,10 +1,14 @@
 """Generate the demo dataset: synthetic scenes of coloured shapes with several captions each.
 
 Each 64×64 image holds one or two shapes (circle, square, triangle, diamond, star, cross) in
-one of eight colours, small or large, in a cell of a 3×3 grid, on a dark noisy background.
+one of the domain's colours, small or large, in a cell of a 3×3 grid, on a dark noisy background.
 Every image has four captions in varied wording (``lines`` caption mode), each naming every
 shape's size, colour, kind and position, so text can find its image. The data is a function of
-the seed alone (each sample has its own random stream). Layout::
+the seed and the domain alone (each sample has its own random stream).
+
+Domains (``--domain``): ``all`` (eight colours, the demo's data), and a domain shift for
+fine-tuning studies: ``general`` (six common colours, to pretrain on) and ``shifted`` (four
+colours and colour words ``general`` never shows: purple, cyan, pink, brown). Layout::
 
     OUT/train   the training pairs, written by the --format plugin
     OUT/val     the validation pairs, by the same format if it builds evaluation sets, else by the
@@ -41,6 +45,13 @@ CAPTIONS_PER_IMAGE = 4
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (240, 220, 50),
     "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "cyan": (40, 210, 220),
+    "pink": (250, 130, 190), "brown": (140, 85, 40),
+}
+#: The colours of each ``--domain``.
+DOMAINS = {
+    "all": ("red", "green", "blue", "yellow", "purple", "orange", "white", "cyan"),
+    "general": ("red", "green", "blue", "yellow", "orange", "white"),
+    "shifted": ("purple", "cyan", "pink", "brown"),
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
@@ -87,13 +98,13 @@ class Shape:
     cell: tuple[int, int]
 
 
-def scene(rng: np.random.Generator) -> list[Shape]:
-    """One or two shapes in distinct cells with distinct (kind, colour)."""
+def scene(rng: np.random.Generator, colours: tuple[str, ...] = DOMAINS["all"]) -> list[Shape]:
+    """One or two shapes in distinct cells with distinct (kind, colour), colours from ``colours``."""
     count = 1 if rng.random() < 0.5 else 2
     cells = [tuple(c) for c in rng.permutation(list(POSITIONS))[:count]]
     shapes: list[Shape] = []
     while len(shapes) < count:
-        kind, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
+        kind, colour = SHAPES[rng.integers(len(SHAPES))], colours[rng.integers(len(colours))]
         if all((kind, colour) != (s.kind, s.colour) for s in shapes):
             size = "small" if rng.random() < 0.5 else "large"
             shapes.append(Shape(kind, colour, size, cells[len(shapes)]))
@@ -157,10 +168,11 @@ def _describe(shape: Shape, template: str, rng: np.random.Generator) -> str:
                            Short=short[0].upper() + short[1:])
 
 
-def sample(seed: int, split: str, index: int) -> RawSample:
-    """Sample ``index`` of ``split``: a PNG and its captions, one per line."""
-    rng = np.random.default_rng([seed, {"train": 0, "val": 1}[split], index])
-    shapes = scene(rng)
+def sample(seed: int, split: str, index: int, domain: str = "all") -> RawSample:
+    """Sample ``index`` of ``split`` in ``domain``: a PNG and its captions, one per line."""
+    stream = [seed, {"train": 0, "val": 1}[split], index]
+    rng = np.random.default_rng(stream if domain == "all" else [*stream, list(DOMAINS).index(domain)])
+    shapes = scene(rng, DOMAINS[domain])
     buffer = io.BytesIO()
     render(shapes, rng).save(buffer, "PNG", compress_level=1)
     text = "\n".join(captions(shapes, rng)) + "\n"
@@ -174,6 +186,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=5000, help="training pairs (default 5000)")
     parser.add_argument("--val", type=int, default=500, help="validation pairs (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--domain", choices=list(DOMAINS), default="all",
+                        help="colours of the scenes: all (default), or a domain shift: general (six common "
+                             "colours) to pretrain on and shifted (four colours general never shows) to fine-tune on")
     parser.add_argument("--force", action="store_true", help="replace OUT/train and OUT/val if they exist")
 
 
@@ -197,8 +212,8 @@ def run(args: argparse.Namespace) -> None:
                 raise ClipcoreError(f"{out / part} already exists", where="core demo-data",
                                     fix="choose another OUT, or pass --force to replace it")
             shutil.rmtree(out / part)
-    train = _generate(args.seed, "train", args.n)
-    val = _generate(args.seed, "val", args.val)
+    train = _generate(args.seed, "train", args.n, args.domain)
+    val = _generate(args.seed, "val", args.val, args.domain)
     console = Console(stderr=True)
     with console.status("writing files"):
         cfg = fmt.write(out / "train", train, load_config(None))
@@ -222,10 +237,10 @@ def _retrieval_writer(registry: Any) -> Any:
                         fix="install a format plugin with both `write` and `retrieval`")
 
 
-def _generate(seed: int, split: str, n: int) -> list[RawSample]:
+def _generate(seed: int, split: str, n: int, domain: str) -> list[RawSample]:
     from rich.progress import track
 
-    return [sample(seed, split, i) for i in track(range(n), description=f"generating {split}", transient=True)]
+    return [sample(seed, split, i, domain) for i in track(range(n), description=f"generating {split}", transient=True)]
 
 
 def dataset_section(cfg: ExperimentConfig, defaults: ExperimentConfig) -> dict[str, Any]:

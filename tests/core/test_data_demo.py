@@ -22,8 +22,8 @@ def formats_only(monkeypatch):
     get_registry.cache_clear()
 
 
-def run(out, fmt="custom", n=24, val=8, seed=0, force=False):
-    demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force))
+def run(out, fmt="custom", n=24, val=8, seed=0, force=False, domain="all"):
+    demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force, domain=domain))
 
 
 def test_samples_are_a_function_of_the_seed():
@@ -50,7 +50,7 @@ def test_scenes_are_varied():
     scenes = [demo_data.scene(np.random.default_rng([0, 0, i])) for i in range(300)]
     assert {len(s) for s in scenes} == {1, 2}
     assert {s.kind for sc in scenes for s in sc} == set(demo_data.SHAPES)
-    assert {s.colour for sc in scenes for s in sc} == set(demo_data.COLOURS)
+    assert {s.colour for sc in scenes for s in sc} == set(demo_data.DOMAINS["all"])
     assert len({s.cell for sc in scenes for s in sc}) == 9
 
 
@@ -77,3 +77,16 @@ def test_demo_data_refuses_to_overwrite_without_force(tmp_path, formats_only):
         run(tmp_path, n=4, val=2)
     assert "already exists" in str(err.value) and "--force" in str(err.value)
     run(tmp_path, n=4, val=2, force=True)
+
+
+def test_the_shifted_domain_shows_colours_the_general_one_never_does(tmp_path, formats_only, data_kit):
+    general, shifted = (set(demo_data.DOMAINS[d]) for d in ("general", "shifted"))
+    assert not general & shifted and {"pink", "brown"} <= shifted and general | shifted <= set(demo_data.COLOURS)
+    for domain, colours in (("general", general), ("shifted", shifted)):
+        run(tmp_path / domain, n=40, val=8, domain=domain)
+        cfg = _from_toml(tmp_path / domain / "dataset.toml")
+        texts = " ".join(custom.retrieval(data_kit.request(cfg)).captions)
+        words = {c for c in demo_data.COLOURS if c in texts.split()}
+        assert words and words <= colours
+    assert demo_data.sample(0, "train", 3, "general") != demo_data.sample(0, "train", 3, "all")
+    assert demo_data.sample(0, "train", 3) == demo_data.sample(0, "train", 3, "all")
