@@ -14,6 +14,7 @@ the base weights and removes every peft module, giving the base architecture bac
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 from torch import nn
@@ -99,10 +100,12 @@ def add_adapters(model: ClipModel, peft_cfg: Any) -> ClipModel:
     if fused:
         first = next(iter(fused.values()))
         exact = {f"^{re.escape(name)}$": c for name, c in fused.items()}
-        inject_adapter_in_model(LoraConfig(r=first.rank, lora_alpha=first.alpha, target_parameters=list(fused),
-                                           rank_pattern={k: c.rank for k, c in exact.items()},
-                                           alpha_pattern={k: c.alpha for k, c in exact.items()}),
-                                model, adapter_name="fused")
+        with warnings.catch_warnings():  # peft applies the patterns to parameter names but checks them
+            warnings.filterwarnings("ignore", r"The following (rank|alpha)_pattern keys did not match")  # on modules
+            inject_adapter_in_model(LoraConfig(r=first.rank, lora_alpha=first.alpha, target_parameters=list(fused),
+                                               rank_pattern={k: c.rank for k, c in exact.items()},
+                                               alpha_pattern={k: c.alpha for k, c in exact.items()}),
+                                    model, adapter_name="fused")
     for module in model.modules():  # a new adapter activates itself everywhere: each layer runs its own
         if isinstance(module, LoraLayer):
             module.set_adapter(list(module.lora_A.keys()))
