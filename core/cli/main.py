@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "demo-data": Command("core.cli.demo_data", "Generate a synthetic image-caption dataset."),
     "demo": Command("core.cli.demo", "Generate demo data, train a small model on CPU and evaluate it."),
     "search": Command("core.cli.search", "Search image embeddings with text or image queries."),
+    "hpo": Command("core.cli.hpo", "Hyper-parameter search over spec fields (Optuna), each trial a real training run."),
     "wise-ft": Command("core.cli.wise_ft", "Interpolate starting and fine-tuned weights (WiSE-FT), score each α on "
                                            "the target and guard sets, keep the best within a guard drop."),
 }

@@ -305,6 +305,40 @@ class GenTrtEngineConfig:
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/gen_trt_engine.")
 
 
+@spec
+class HpoParam:
+    """One searched field: ``[hpo.params."train.optim.vision_lr"]``."""
+
+    type: Literal["float", "int", "categorical"] = opt("float", "float | int | categorical.")
+    low: float | None = opt(None, "Lowest value (float, int).")
+    high: float | None = opt(None, "Highest value, included (float, int).")
+    log: bool = opt(False, "Sample on a log scale (float, int).")
+    step: float | None = opt(None, "Grid step (float, int; needed by the grid sampler).")
+    choices: list[Any] = opt([], "The values to choose from (categorical).")
+
+
+@spec
+class HpoConfig:
+    metric: str = opt("val/t2i_mAP", "Validation metric the search optimises (reported at every validation).")
+    direction: Literal["maximize", "minimize"] = opt("maximize", "maximize | minimize the metric.")
+    n_trials: int = opt(20, "Trials the study holds in total (finished or pruned); running again adds the missing ones.",
+                        validator=at_least(1))
+    timeout: float | None = opt(None, "Stop starting trials after this many seconds.", validator=above(0))
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = opt("tpe", "Optuna sampler: tpe | random | grid | cmaes.")
+    pruner: Literal["median", "hyperband", "none"] = opt(
+        "median", "Stop unpromising trials between validations: median | hyperband | none.")
+    parallel: int = opt(1, "Trials run at once (each gets its own devices, or its share of the CPU cores).",
+                        validator=at_least(1))
+    storage: str | None = opt(None, "Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file "
+                                    "(*.log); unset: sqlite in <results_dir>/hpo/study.db.")
+    study_name: str = opt("clipcore", "Study name in the storage.")
+    seed: int = opt(0, "Sampler seed.")
+    keep_checkpoints: bool = opt(False, "Keep every trial's checkpoints (default: only the best trial's).")
+    params: dict[str, HpoParam] = field(factory=dict, metadata={
+        "help": 'The search space: one [hpo.params."<dotted.field>"] table per searched spec field.'})
+    results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/hpo.")
+
+
 # --------------------------------------------------------------------------- root
 @spec
 class ExperimentConfig:
@@ -318,6 +352,7 @@ class ExperimentConfig:
     inference: EvalConfig = section(EvalConfig, "Embedding inference (HDF5 output).")
     export: ExportConfig = section(ExportConfig, "ONNX export.")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "Inference-engine build (the engine-builder plugin of trt_engine's suffix).")
+    hpo: HpoConfig = section(HpoConfig, "Hyper-parameter search over spec fields (`core hpo`, on Optuna).")
     plugins: dict[str, Any] = field(
         factory=dict, metadata={"help": "Plugin-owned sections, keyed by their dotted path "
                                         "(e.g. `model.mine`), validated by the plugin that declares them."})

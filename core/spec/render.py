@@ -22,7 +22,9 @@ WIDTH = 100
 
 
 def format_value(value: Any) -> str:
-    """A value as a one-line TOML literal."""
+    """A value as a one-line TOML literal (an attrs instance as an inline table of its set fields)."""
+    if attrs.has(type(value)):
+        value = {k: v for k, v in attrs.asdict(value, recurse=False).items() if v is not None}
     if isinstance(value, list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):

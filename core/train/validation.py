@@ -29,6 +29,19 @@ def validation_metrics(results: dict[str, Any], prefix: str = "val") -> dict[str
             if key.split("_", 1)[0] in DIRECTIONS and "queries" not in key}
 
 
+def logged_metrics(cfg) -> list[str]:
+    """Every metric name validation logs for ``cfg`` (``[]`` without validation data)."""
+    from core.eval.metrics import retrieval_metrics
+
+    keys = list(validation_metrics(retrieval_metrics(torch.eye(2), torch.eye(2), [0, 1]), "x"))
+    names = [f"val/{k[2:]}" for k in keys] if cfg.dataset.val.datasets else []
+    if cfg.dataset.reference.datasets:
+        names += [f"ref/{k[2:]}" for k in keys]
+    if cfg.dataset.reference.classification_dir:
+        names += [f"ref/classification/{k}" for k in ("top1", "top5", "mean_per_class")]
+    return names
+
+
 class Validator:
     """Runs validation for a :class:`core.train.trainer.Trainer`."""
 

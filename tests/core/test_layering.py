@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_DIRS = ("backbones", "losses", "plugins", "exporters", "deploy", "examples")
 #: core's subpackages from the bottom up; a module may import the top level, its own subpackage and
 #: subpackages further down (``__main__`` entry points may also import the command line).
-LAYERS = {"spec": 1, "runtime": 2, "eval": 3, "train": 4, "testing": 4, "cli": 5}
+LAYERS = {"spec": 1, "runtime": 2, "eval": 3, "train": 4, "testing": 4, "hpo": 5, "cli": 6}
 BUILTIN_PACKAGES = {"backbones", "losses", "plugins", "exporters", "deploy", "clipcore_example_backbone"}
 #: Registered built-in names that are also TAO's generic words (``loss_type = "clip"``,
 #: ``dataset.train.type = "custom"``, ``export.onnx_file``): not searched for.

@@ -1,0 +1,128 @@
+"""The Optuna study behind ``core hpo``: its storage, sampler and pruner, and the re-queueing of
+trials a killed run left behind.
+
+Storage: an RDB URL (default ``sqlite:///<hpo dir>/study.db``; ``postgresql://`` or ``mysql://`` for
+workers on several machines) or a journal file (a path ending in ``.log``, on a shared file
+system). A trial records the worker running it (``host:pid``). When ``core hpo`` starts, trials
+left RUNNING by a dead worker of this host are marked failed and their parameters queued again;
+RDB storages also run Optuna's heartbeat, so a worker lost on another machine is detected and
+its trial retried (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+HEARTBEAT_S, GRACE_S = 10, 30
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+
+
+def storage_url(hpo: Any, out: Path) -> str:
+    return hpo.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> Any:
+    """The Optuna storage of ``url``; one clear error when it cannot be opened."""
+    import warnings
+
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    fix = ("use an RDB URL (sqlite:////abs/path/study.db, postgresql://user@host/db) the workers can reach, "
+           "or a journal file path ending in .log on a shared file system")
+    try:
+        if "://" not in url:
+            if not url.endswith(".log"):
+                raise ValueError("a file storage must be a journal file ending in .log")
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        with warnings.catch_warnings():  # Optuna marks its heartbeat experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except (ValueError, OSError, ImportError, optuna.exceptions.StorageInternalError) as exc:
+        raise ConfigError(f"cannot open the study storage {url!r} ({type(exc).__name__}: {exc})",
+                          where="hpo.storage", fix=fix) from None
+    except Exception as exc:  # SQLAlchemy's errors: unreachable server, bad URL, missing driver
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise ConfigError(f"cannot open the study storage {url!r} ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]})", where="hpo.storage", fix=fix) from None
+        raise
+
+
+def sampler(hpo: Any) -> Any:
+    import optuna
+
+    from core.hpo.space import grid
+
+    if hpo.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=hpo.seed)
+    if hpo.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=hpo.seed)
+    if hpo.sampler == "grid":
+        return optuna.samplers.GridSampler(grid(hpo.params), seed=hpo.seed)
+    return optuna.samplers.CmaEsSampler(seed=hpo.seed, warn_independent_sampling=False)
+
+
+def pruner(hpo: Any) -> Any:
+    import optuna
+
+    if hpo.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if hpo.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(hpo: Any, out: Path, *, continue_it: bool = True) -> Any:
+    """The study (created, or loaded), with interrupted trials of this host re-queued when
+    ``continue_it`` (False: only to look at it)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by core hpo
+    storage = open_storage(storage_url(hpo, out))
+    try:
+        study = optuna.create_study(storage=storage, study_name=hpo.study_name, load_if_exists=True,
+                                    direction=hpo.direction, sampler=sampler(hpo), pruner=pruner(hpo))
+    except ValueError as exc:  # e.g. the stored study's direction differs
+        raise ConfigError(f"cannot continue study {hpo.study_name!r}: {exc}", where="hpo.study_name",
+                          fix="use the stored study's settings, or a new hpo.study_name") from None
+    if continue_it:
+        requeue_interrupted(study)
+    return study
+
+
+def _alive(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's worker: the heartbeat decides
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def requeue_interrupted(study: Any) -> list[int]:
+    """Mark RUNNING trials of dead workers on this host failed and queue their parameters again;
+    returns their numbers."""
+    from optuna.trial import TrialState
+
+    numbers = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker is None or worker == WORKER or _alive(worker):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
+        numbers.append(trial.number)
+    return numbers
