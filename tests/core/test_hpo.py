@@ -234,3 +234,23 @@ def test_each_parallel_trial_gets_its_own_gpus_or_its_share_of_the_cores(monkeyp
     with pytest.raises(ConfigError) as err:
         device_slots(load_config(None, ["hpo.parallel=2", "train.num_gpus=2"]))
     assert str(err.value).startswith("hpo.parallel: 2 trials × 2 GPU(s) each need 4 GPUs; 2 are visible")
+
+
+@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("cmaes", "none"),
+                                             ("grid", "median")])
+def test_every_sampler_and_pruner_opens_a_study_that_suggests_values(tmp_path, sampler, pruner):
+    from core.hpo import space, study as studies
+    from core.spec.config import HpoParam
+    from core.spec.load import load_config
+
+    cfg = load_config(None, [f"hpo.sampler={sampler}", f"hpo.pruner={pruner}"])
+    cfg.hpo.params = {"train.optim.vision_lr": HpoParam(type="float", low=1e-4, high=1e-3, step=1e-4),
+                      "train.optim.warmup_steps": HpoParam(type="int", low=0, high=100, step=50),
+                      "train.optim.optimizer_type": HpoParam(type="categorical", choices=["adamw", "lamb"])}
+    study = studies.open_study(cfg.hpo, tmp_path)
+    for _ in range(3):
+        trial = study.ask()
+        values = space.suggest(trial, cfg.hpo.params)
+        assert 1e-4 <= values["train.optim.vision_lr"] <= 1e-3 and values["train.optim.warmup_steps"] in (0, 50, 100)
+        study.tell(trial, values["train.optim.vision_lr"])
+    assert (tmp_path / "study.db").is_file() and len(study.trials) == 3
