@@ -60,8 +60,10 @@ def check(spec: str | Path, base_overrides: list[str], params: dict[str, Any]) -
             try:
                 load_config(spec, [*base_overrides, override(path, value)])
             except ConfigError as exc:
-                raise ConfigError(f"{path} = {literal(value)} is not a valid spec value: {exc.what}",
-                                  where=where(path), fix=exc.fix or "change the range") from None
+                what, _, fix = exc.what.partition("\n  fix: ")  # a plugin section's rule carries its fix
+                what = what.removeprefix(f"invalid value: {path}: ")
+                raise ConfigError(f"{path} = {literal(value)} is not a valid spec value: {what}",
+                                  where=where(path), fix=exc.fix or fix or "change the range") from None
 
 
 def suggest(trial: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -254,3 +254,18 @@ def test_every_sampler_and_pruner_opens_a_study_that_suggests_values(tmp_path, s
         assert 1e-4 <= values["train.optim.vision_lr"] <= 1e-3 and values["train.optim.warmup_steps"] in (0, 50, 100)
         study.tell(trial, values["train.optim.vision_lr"])
     assert (tmp_path / "study.db").is_file() and len(study.trials) == 3
+
+
+def test_plugin_sections_and_lora_fields_can_be_searched(tmp_path, training):
+    from core.errors import ConfigError
+    from core.hpo.search import prepare
+
+    params = {"train.siglip.chunk_size": {"type": "int", "low": 0, "high": 64, "step": 32},
+              "model.peft.vision.rank": {"type": "categorical", "choices": [4, 8]}}
+    search = prepare(str(write_spec(training, tmp_path, params)), [])
+    assert set(search.hpo.params) == set(params)
+    params["train.siglip.chunk_size"]["low"] = -32
+    with pytest.raises(ConfigError) as err:
+        prepare(str(write_spec(training, tmp_path, params)), [])
+    assert str(err.value).startswith('hpo.params."train.siglip.chunk_size": train.siglip.chunk_size = -32 is not a '
+                                     "valid spec value: chunk size must be an integer >= 0")
