@@ -121,6 +121,9 @@ def run(search: Search) -> Any:
             with search.lock:
                 search.failures.append(f"trial {trial.number}: {exc}")
             raise
+        except KeyboardInterrupt:  # Optuna records it as failed; the next run queues it again
+            trial.set_user_attr("interrupted", True)
+            raise
         finally:
             free.put(slot)
 

@@ -4,7 +4,8 @@ trials a killed run left behind.
 Storage: an RDB URL (default ``sqlite:///<hpo dir>/study.db``; ``postgresql://`` or ``mysql://`` for
 workers on several machines) or a journal file (a path ending in ``.log``, on a shared file
 system). A trial records the worker running it (``host:pid``). When ``core hpo`` starts, trials
-left RUNNING by a dead worker of this host are marked failed and their parameters queued again;
+left RUNNING by a dead worker of this host are marked failed, and their parameters (and those of
+trials stopped by Ctrl-C) queued again;
 RDB storages also run Optuna's heartbeat, so a worker lost on another machine is detected and
 its trial retried (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`).
 """
@@ -113,16 +114,21 @@ def _alive(worker: str) -> bool:
 
 
 def requeue_interrupted(study: Any) -> list[int]:
-    """Mark RUNNING trials of dead workers on this host failed and queue their parameters again;
-    returns their numbers."""
+    """Queue again the parameters of trials a run left unfinished: RUNNING trials of dead workers on
+    this host (marked failed first) and trials stopped by Ctrl-C; returns their numbers."""
     from optuna.trial import TrialState
 
+    trials = study.get_trials(deepcopy=False)
+    requeued = {t.user_attrs.get("requeued_from") for t in trials}
     numbers = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in trials:
         worker = trial.user_attrs.get("worker")
-        if worker is None or worker == WORKER or _alive(worker):
+        dead = trial.state == TrialState.RUNNING and worker not in (None, WORKER) and not _alive(worker)
+        stopped = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
+        if not (dead or stopped) or trial.number in requeued:
             continue
-        study.tell(trial.number, state=TrialState.FAIL)
+        if dead:
+            study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
         numbers.append(trial.number)
     return numbers

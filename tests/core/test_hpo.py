@@ -269,3 +269,29 @@ def test_plugin_sections_and_lora_fields_can_be_searched(tmp_path, training):
         prepare(str(write_spec(training, tmp_path, params)), [])
     assert str(err.value).startswith('hpo.params."train.siglip.chunk_size": train.siglip.chunk_size = -32 is not a '
                                      "valid spec value: chunk size must be an integer >= 0")
+
+
+def test_trials_left_running_by_a_dead_worker_or_stopped_by_ctrl_c_are_queued_again(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from core.hpo import study as studies
+    from core.spec.load import load_config
+
+    hpo = load_config(None).hpo
+    study = studies.open_study(hpo, tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for number, (worker, attrs) in enumerate([(f"{studies.socket.gethostname()}:{dead.pid}", {}),
+                                              (studies.WORKER, {}), ("elsewhere:1", {}),
+                                              (studies.WORKER, {"interrupted": True})]):
+        trial = study.ask({"train.optim.vision_lr": FloatDistribution(0, 1)})
+        trial.set_user_attr("worker", worker)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if attrs:
+            study.tell(trial, state=TrialState.FAIL)
+    assert studies.requeue_interrupted(study) == [0, 3]
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING", "RUNNING", "FAIL", "WAITING", "WAITING"]
+    assert [t.user_attrs.get("requeued_from") for t in study.trials[4:]] == [0, 3]
+    assert studies.requeue_interrupted(study) == []  # once only
