@@ -33,9 +33,13 @@ def _bounds(path: str, param: Any) -> list[Any]:
             raise ConfigError("a categorical parameter needs choices", where=where(path),
                               fix='e.g. choices = ["adamw", "lamb"]')
         return list(param.choices)
-    if param.low is None or param.high is None or param.low > param.high:
+    if param.low is None or param.high is None:
+        raise ConfigError(f"a {param.type} parameter needs both low and high", where=where(path),
+                          fix="set both, e.g. low = 1e-5 and high = 1e-3 (type defaults to float; categorical "
+                              "parameters take choices)")
+    if param.low > param.high:
         raise ConfigError(f"a {param.type} parameter needs low <= high, got low {param.low}, high {param.high}",
-                          where=where(path), fix="set both, e.g. low = 1e-5 and high = 1e-3")
+                          where=where(path), fix="swap them")
     if param.log and param.low <= 0:
         raise ConfigError(f"a log-scale range must be positive, got low {param.low}", where=where(path),
                           fix="raise low above 0, or set log = false")

@@ -58,18 +58,18 @@ def open_storage(url: str) -> Any:
         raise
 
 
-def sampler(hpo: Any) -> Any:
+def sampler(hpo: Any, seed: int) -> Any:
     import optuna
 
     from core.hpo.space import grid
 
     if hpo.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=hpo.seed)
+        return optuna.samplers.TPESampler(seed=seed)
     if hpo.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=hpo.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if hpo.sampler == "grid":
-        return optuna.samplers.GridSampler(grid(hpo.params), seed=hpo.seed)
-    return optuna.samplers.CmaEsSampler(seed=hpo.seed, warn_independent_sampling=False)
+        return optuna.samplers.GridSampler(grid(hpo.params), seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
 
 
 def pruner(hpo: Any) -> Any:
@@ -88,13 +88,19 @@ def open_study(hpo: Any, out: Path, *, continue_it: bool = True) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by core hpo
-    storage = open_storage(storage_url(hpo, out))
+    url = storage_url(hpo, out)
+    if not continue_it and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"there is no study in {url.removeprefix('sqlite:///')} yet", where="core hpo --show",
+                          fix="run `core hpo -c <spec>` first (or set hpo.storage to the study's storage)")
+    storage = open_storage(url)
     try:
         study = optuna.create_study(storage=storage, study_name=hpo.study_name, load_if_exists=True,
-                                    direction=hpo.direction, sampler=sampler(hpo), pruner=pruner(hpo))
+                                    direction=hpo.direction, sampler=sampler(hpo, hpo.seed), pruner=pruner(hpo))
     except ValueError as exc:  # e.g. the stored study's direction differs
         raise ConfigError(f"cannot continue study {hpo.study_name!r}: {exc}", where="hpo.study_name",
                           fix="use the stored study's settings, or a new hpo.study_name") from None
+    # a continued study must not replay the proposals of the run before: seed by the trials held
+    study.sampler = sampler(hpo, hpo.seed + len(study.trials))
     if continue_it:
         requeue_interrupted(study)
     return study

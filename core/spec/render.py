@@ -80,7 +80,8 @@ class _Writer:
                 continue
             value = getattr(obj, f.name)
             self.lines += comment(_help(f)) + comment(_valid(f))
-            self.lines.append(f"# {_key(f.name)} = <{describe(f.type)}>" if value is None
+            unset = value is None or value == {}  # an empty table stays open for [a.b."key"] tables
+            self.lines.append(f"# {_key(f.name)} = {'<' + describe(f.type) + '>' if value is None else '{}'}" if unset
                               else f"{_key(f.name)} = {format_value(value)}")
 
     def field_table(self, obj: Any, f: attrs.Attribute, parent: str) -> None:

@@ -83,7 +83,11 @@ def _groups(path: str, key: str, names: set[str]) -> dict[str, str]:
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except OSError as exc:
+        raise DataError(f"cannot read the group file ({type(exc).__name__}: {exc})", where=key,
+                        fix="point group_file at an existing, readable CSV file (a relative path is taken from "
+                            "the current folder)") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read the group file ({type(exc).__name__}: {exc})", where=key, fix=fix) from None
     groups: dict[str, str] = {}
     for number, row in enumerate(rows, 1):
@@ -93,6 +97,10 @@ def _groups(path: str, key: str, names: set[str]) -> dict[str, str]:
             raise DataError(f"line {number} of {path} is not `image,group`: {','.join(row)!r}", where=key, fix=fix)
         groups[_image_name(row[0])] = row[1].strip()
     unknown = sorted(set(groups) - names)
+    if groups and len(unknown) == len(groups):
+        raise DataError(f"none of the {len(groups)} images in {path} is in this dataset (e.g. {unknown[0]!r}; "
+                        f"the dataset's images are named like {min(names)!r})", where=key, fix=fix)
+    log.info("%s: %d images in %d groups", key, len(groups) - len(unknown), len(set(groups.values())))
     if unknown:
         log.warning("%s: %d of %d images in %s are not in this dataset (e.g. %s); their groups are unused",
                     key, len(unknown), len(groups), path, unknown[0])

@@ -57,6 +57,8 @@ def states(study) -> list[str]:
      'hpo.params."train.num_epochs": train.num_epochs = 0 is not a valid spec value'),
     ({"train.optim.text_lr": {"type": "float", "low": 1e-3, "high": 1e-5}}, {},
      'hpo.params."train.optim.text_lr": a float parameter needs low <= high'),
+    ({"train.optim.text_lr": {"low": 1e-3}}, {}, 'hpo.params."train.optim.text_lr": a float parameter needs both '
+                                                 "low and high"),
     ({}, {}, "hpo.params: the search space is empty"),
     ({"train.optim.vision_lr": LR}, {"metric": "val/t2i_R@3"}, "hpo.metric: validation never logs 'val/t2i_R@3'"),
     ({"train.optim.vision_lr": LR}, {"parallel": 64}, "hpo.parallel: 64 parallel trials on"),
@@ -295,3 +297,34 @@ def test_trials_left_running_by_a_dead_worker_or_stopped_by_ctrl_c_are_queued_ag
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING", "RUNNING", "FAIL", "WAITING", "WAITING"]
     assert [t.user_attrs.get("requeued_from") for t in study.trials[4:]] == [0, 3]
     assert studies.requeue_interrupted(study) == []  # once only
+
+
+def test_a_continued_study_does_not_replay_the_proposals_of_the_run_before(tmp_path):
+    from core.hpo import space, study as studies
+    from core.spec.config import HpoParam
+    from core.spec.load import load_config
+
+    cfg = load_config(None, ["hpo.sampler=tpe"])
+    cfg.hpo.params = {"train.optim.vision_lr": HpoParam(type="float", low=1e-5, high=1e-3, log=True)}
+    proposed = []
+    for _ in range(2):  # two runs of core hpo on one study
+        study = studies.open_study(cfg.hpo, tmp_path)
+        for _ in range(2):
+            trial = study.ask()
+            proposed.append(space.suggest(trial, cfg.hpo.params)["train.optim.vision_lr"])
+            study.tell(trial, 0.5)
+    assert len(set(proposed)) == 4
+
+
+def test_show_before_any_run_says_there_is_no_study_yet(tmp_path, training):
+    done = hpo(training, write_spec(training, tmp_path), "--show")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "core hpo --show: there is no study in" in done.stderr and "run `core hpo -c <spec>` first" in done.stderr
+
+
+def test_a_get_spec_file_takes_the_readme_params_tables(tmp_path):
+    from core.spec.load import get_spec, load_config
+
+    spec = tmp_path / "clip.toml"
+    spec.write_text(get_spec() + '\n[hpo.params."train.optim.vision_lr"]\nlow = 1e-5\nhigh = 1e-3\nlog = true\n')
+    assert load_config(spec).hpo.params["train.optim.vision_lr"].high == 1e-3

@@ -217,7 +217,13 @@ def test_group_file_lines_that_are_not_image_group_pairs_are_a_clear_error(tmp_p
         f"dataset.train.datasets.0.group_file: line 2 of {groups} is not `image,group`: 'img-001.png'\n  fix: "
         "write one `image,group` row per line")
     cfg.dataset.train.datasets[0].group_file = str(tmp_path / "absent.csv")
-    with pytest.raises(DataError, match=r"cannot read the group file \(FileNotFoundError"):
+    with pytest.raises(DataError, match=r"cannot read the group file \(FileNotFoundError.*\n  fix: point group_file "
+                                        r"at an existing"):
+        build(data_kit.request(cfg))
+    groups.write_text("image,group\nimg-000,red\nimages/img-001.png,blue\n")  # names that match no image
+    cfg.dataset.train.datasets[0].group_file = str(groups)
+    with pytest.raises(DataError, match=r"none of the 2 images in .* is in this dataset \(e.g. 'images/img-001.png'; the "
+                                        r"dataset's images are named like 'img-000.png'\)"):
         build(data_kit.request(cfg))
 
 
