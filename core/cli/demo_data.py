@@ -14,6 +14,9 @@ colours and colour words ``general`` never shows: purple, cyan, pink, brown). La
     OUT/val     the validation pairs, by the same format if it builds evaluation sets, else by the
                 first installed format that does
     OUT/dataset.toml   the [dataset] section that reads them back
+    OUT/classes/{train,test}/<shape>/*.png
+                one shape per image, in a folder named by its kind (ImageFolder layout, six
+                classes), for `core linear-probe` and zero-shot classification
 
 Colours and positions are what the captions describe, so train with colour jitter, grayscale
 and random crops off (dataset.toml sets them so).
@@ -41,6 +44,7 @@ from core.errors import ClipcoreError
 SIZE = 64
 SUPERSAMPLE = 4
 CAPTIONS_PER_IMAGE = 4
+CLASS_IMAGES = 30  # class-folder training images per class (half as many for testing)
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (240, 220, 50),
@@ -179,6 +183,34 @@ def sample(seed: int, split: str, index: int, domain: str = "all") -> RawSample:
     return RawSample(key=f"{split}-{index:06d}", image=buffer.getvalue(), caption=text.encode("utf-8"))
 
 
+def class_image(seed: int, split: str, index: int, domain: str = "all") -> tuple[str, bytes]:
+    """Class-folder image ``index`` of ``split`` (train, test): its class (the shape's kind,
+    ``SHAPES[index % 6]``) and a PNG of that one shape in a random colour, size and cell."""
+    stream = [seed, {"train": 2, "test": 3}[split], index, list(DOMAINS).index(domain)]
+    rng = np.random.default_rng(stream)
+    colours = DOMAINS[domain]
+    kind = SHAPES[index % len(SHAPES)]
+    cell = tuple(int(c) for c in rng.integers(0, 3, size=2))
+    shape = Shape(kind, colours[rng.integers(len(colours))], "small" if rng.random() < 0.5 else "large", cell)
+    buffer = io.BytesIO()
+    render([shape], rng).save(buffer, "PNG", compress_level=1)
+    return kind, buffer.getvalue()
+
+
+def write_classes(out: Path, seed: int, per_class: int, domain: str) -> int:
+    """``out/{train,test}/<kind>/NNNNN.png``: ``per_class`` training and ``per_class // 2`` (at
+    least 1) test images per class; the number of images written."""
+    written = 0
+    for split, count in (("train", per_class), ("test", max(1, per_class // 2))):
+        for index in range(count * len(SHAPES)):
+            kind, png = class_image(seed, split, index, domain)
+            folder = out / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{index:05d}.png").write_bytes(png)
+            written += 1
+    return written
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder")
     parser.add_argument("--format", default=ExperimentConfig().dataset.train.type,
@@ -189,7 +221,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", choices=list(DOMAINS), default="all",
                         help="colours of the scenes: all (default), or a domain shift: general (six common "
                              "colours) to pretrain on and shifted (four colours general never shows) to fine-tune on")
-    parser.add_argument("--force", action="store_true", help="replace OUT/train and OUT/val if they exist")
+    parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, metavar="N",
+                        help="class-folder images per class in OUT/classes/train (half as many in "
+                             f"OUT/classes/test; default {CLASS_IMAGES}; 0 writes none)")
+    parser.add_argument("--force", action="store_true", help="replace what OUT holds from an earlier run")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -203,10 +238,10 @@ def run(args: argparse.Namespace) -> None:
         raise ClipcoreError(f"dataset format {args.format!r} cannot write data", where="--format",
                             fix="choose a format that can: " + ", ".join(_writers(registry)))
     val_format = fmt if fmt.retrieval is not None else _retrieval_writer(registry)
-    if args.n < 1 or args.val < 1:
-        raise ClipcoreError("--n and --val must be at least 1", where="core demo-data")
+    if args.n < 1 or args.val < 1 or args.class_images < 0:
+        raise ClipcoreError("--n and --val must be at least 1, --class-images at least 0", where="core demo-data")
     out = Path(args.out)
-    for part in ("train", "val"):
+    for part in ("train", "val", "classes"):
         if (out / part).exists():
             if not args.force:
                 raise ClipcoreError(f"{out / part} already exists", where="core demo-data",
@@ -218,10 +253,14 @@ def run(args: argparse.Namespace) -> None:
     with console.status("writing files"):
         cfg = fmt.write(out / "train", train, load_config(None))
         cfg.dataset.val = val_format.write(out / "val", val, load_config(None)).dataset.val
+        classes = write_classes(out / "classes", args.seed, args.class_images, args.domain) if args.class_images else 0
     section = dataset_section(cfg, load_config(None))
     (out / "dataset.toml").write_text(tomli_w.dumps(section), encoding="utf-8")
     console.print(f"wrote {args.n} training and {args.val} validation pairs ({args.format}) to {out}; "
                   f"the dataset section that reads them is in {out / 'dataset.toml'}", markup=False)
+    if classes:
+        console.print(f"wrote {classes} class-folder images ({len(SHAPES)} shape classes) to {out / 'classes'}",
+                      markup=False)
 
 
 def _writers(registry: Any) -> list[str]:

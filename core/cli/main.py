@@ -25,6 +25,7 @@ class Command:
     module: str
     help: str
     action: bool = False
+    section: str | None = None  # an action's spec section, when it differs from the command's name
 
 
 COMMANDS: dict[str, Command] = {
@@ -42,6 +43,9 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("core.cli.demo", "Generate demo data, train a small model on CPU and evaluate it."),
     "search": Command("core.cli.search", "Search image embeddings with text or image queries."),
     "hpo": Command("core.cli.hpo", "Hyper-parameter search over spec fields (Optuna), each trial a real training run."),
+    "linear-probe": Command("core.cli.linear_probe", "Fit a linear-probe classifier on frozen image embeddings of "
+                                                     "class folders (full or k-shot).", action=True,
+                            section="linear_probe"),
     "wise-ft": Command("core.cli.wise_ft", "Interpolate starting and fine-tuned weights (WiSE-FT), score each α on "
                                            "the target and guard sets, keep the best within a guard drop."),
 }
@@ -68,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=ACTION_EPILOG if cmd.action else None)
         if cmd.action:
-            _add_action_arguments(p, name)
+            _add_action_arguments(p, cmd.section or name)
         if hasattr(module, "add_arguments"):
             module.add_arguments(p)
         p.set_defaults(_command=cmd, _module=module)
     return parser
 
 
-GPU_ACTIONS = ("train", "evaluate", "inference")  # the actions with a `num_gpus` field
+GPU_ACTIONS = ("train", "evaluate", "inference", "linear_probe")  # the actions with a `num_gpus` field
 
 
 def _add_action_arguments(p: argparse.ArgumentParser, action: str) -> None:
@@ -105,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args._command.action:
             from core import spec
 
-            cfg = spec.load_config(args.config, action_overrides(args, args.command))
-            spec.check(cfg, args.command)
+            action = args._command.section or args.command
+            cfg = spec.load_config(args.config, action_overrides(args, action))
+            spec.check(cfg, action)
             return args._module.run(cfg, args) or 0
         return args._module.run(args) or 0
     except (ClipcoreError, OSError, RuntimeError) as exc:

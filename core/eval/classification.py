@@ -20,20 +20,21 @@ DEFAULT_TEMPLATES = (
 )
 
 
-def class_folders(root: str) -> list[Path]:
-    """The class folders of an ImageFolder tree (sorted; hidden folders skipped)."""
+def class_folders(root: str, key: str = "evaluate.classification_dir") -> list[Path]:
+    """The class folders of an ImageFolder tree (sorted; hidden folders skipped); ``key`` is the
+    spec field named in errors."""
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DataError(f"classification folder {path} does not exist", where="evaluate.classification_dir",
+        raise DataError(f"classification folder {path} does not exist", where=key,
                         fix="point it at a folder with one sub-folder of images per class")
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DataError(f"{path} has no class sub-folders", where="evaluate.classification_dir",
+        raise DataError(f"{path} has no class sub-folders", where=key,
                         fix="put each class's images in its own sub-folder (ImageFolder layout)")
     return folders
 
 
-def class_names(folders: Sequence[Path], names_file: str | None) -> list[str]:
+def class_names(folders: Sequence[Path], names_file: str | None, key: str = "evaluate.class_names_file") -> list[str]:
     """Names from ``names_file`` (one per line, in folder order), else the folder names with
     ``_`` read as spaces."""
     if names_file is None:
@@ -42,14 +43,27 @@ def class_names(folders: Sequence[Path], names_file: str | None) -> list[str]:
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read class names: {exc}", where="evaluate.class_names_file",
+        raise DataError(f"cannot read class names: {exc}", where=key,
                         fix="a UTF-8 text file with one class name per line") from None
     if len(names) != len(folders):
         raise DataError(f"{path} has {len(names)} class names but the classification folder has "
-                        f"{len(folders)} class folders", where="evaluate.class_names_file",
+                        f"{len(folders)} class folders", where=key,
                         fix="write one name per class folder, in the sorted order of the folders: "
                             + ", ".join(f.name for f in folders[:5]) + (", ..." if len(folders) > 5 else ""))
     return names
+
+
+def class_text_embeddings(encoder: Encoder, names: Sequence[str], templates: Sequence[str], *, world: World,
+                          batch_size: int, progress=None) -> torch.Tensor | None:
+    """The zero-shot classifier ``[classes, D]``: per class, the normalised mean of its prompts'
+    embeddings, one prompt per template (empty ``templates``: :data:`DEFAULT_TEMPLATES`); on rank 0."""
+    templates = list(templates) or list(DEFAULT_TEMPLATES)
+    prompts = [t.replace("{}", name) for name in names for t in templates]
+    texts = embed_texts(encoder, prompts, world=world, batch_size=batch_size, progress=progress,
+                        description="classify: prompts")
+    if texts is None:
+        return None
+    return torch.nn.functional.normalize(texts.view(len(names), len(templates), -1).mean(1), dim=-1)
 
 
 def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLog, progress=None) -> dict[str, Any] | None:
@@ -68,10 +82,8 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
     if not paths:
         raise DataError(f"no images in the class folders of {ev.classification_dir}",
                         where="evaluate.classification_dir", fix="add images (.jpg, .png, ...) to the class folders")
-    templates = list(ev.templates) or list(DEFAULT_TEMPLATES)
-    prompts = [t.replace("{}", name) for name in names for t in templates]
-    texts = embed_texts(encoder, prompts, world=world, batch_size=ev.batch_size, progress=progress,
-                        description="classify: prompts")
+    class_embeddings = class_text_embeddings(encoder, names, ev.templates, world=world, batch_size=ev.batch_size,
+                                             progress=progress)
     load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
     images = embed_images(encoder, load, len(paths), world=world, batch_size=ev.batch_size,
                           num_workers=ev.num_workers, progress=progress, description="classify: images",
@@ -82,12 +94,11 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
     if not loaded.any():
         raise DataError(f"none of the {len(paths)} classification images could be read",
                         where="evaluate.classification_dir", fix="see bad_samples.jsonl for the reasons")
-    class_embeddings = torch.nn.functional.normalize(texts.view(len(names), len(templates), -1).mean(1), dim=-1)
     labels = np.asarray(labels)
     found = classification_metrics(embeddings[torch.from_numpy(loaded)], class_embeddings, labels[loaded],
                                    tie_policy=cfg.evaluate.tie_policy)
     sizes = np.bincount(labels[loaded], minlength=len(names))
     per_class = [{"class": f.name, "name": n, "images": int(s), "accuracy": a}
                  for f, n, s, a in zip(folders, names, sizes, found.pop("per_class"))]
-    return {"num_images": int(loaded.sum()), "num_classes": len(names), "num_templates": len(templates),
+    return {"num_images": int(loaded.sum()), "num_classes": len(names), "num_templates": len(ev.templates or DEFAULT_TEMPLATES),
             "skipped_images": int((~loaded).sum()), **found, "per_class": per_class}

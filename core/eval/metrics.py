@@ -110,17 +110,35 @@ def classification_metrics(image_embeddings, class_embeddings, labels, *, ks: Se
         raise DataError(f"classification needs images and classes, got {n} images and {c} classes",
                         where="evaluate.classification_dir", fix="point it at one folder of images per class")
     labels = _int_array(labels, n, "labels")
-    if labels.min() < 0 or labels.max() >= c:
-        raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
-    above = np.empty(n, dtype=np.int64)  # classes other than the true one scoring > the true one
-    tied = np.empty(n, dtype=np.int64)   # ... scoring exactly as the true one
+    above = np.empty(n, dtype=np.int64)
+    tied = np.empty(n, dtype=np.int64)
     rows = max(1, chunk_bytes // (_BYTES_PER_SCORE * c))
     for start in range(0, n, rows):
         chunk = slice(start, min(start + rows, n))
-        scores = _scores(images[chunk], classes)
-        true = scores[np.arange(len(scores)), labels[chunk]]
-        above[chunk] = np.count_nonzero(scores > true[:, None], axis=1)
-        tied[chunk] = np.count_nonzero(scores == true[:, None], axis=1) - 1
+        above[chunk], tied[chunk] = _true_class_rank(_scores(images[chunk], classes), labels[chunk])
+    return _accuracies(above, tied, labels, c, ks, tie_policy)
+
+
+def score_metrics(scores, labels, *, ks: Sequence[int] = (1, 5), tie_policy: TiePolicy = "expected"
+                  ) -> dict[str, object]:
+    """:func:`classification_metrics` of a classifier's scores ``[n, classes]`` (logits or
+    probabilities: any scores where higher means more likely)."""
+    scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    labels = _int_array(labels, len(scores), "labels")
+    return _accuracies(*_true_class_rank(scores, labels), labels, scores.shape[1], ks, tie_policy)
+
+
+def _true_class_rank(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the classes other than the true one scoring above it, and those tying it."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ValueError(f"labels must lie in [0, {scores.shape[1]}), got [{labels.min()}, {labels.max()}]")
+    true = scores[np.arange(len(scores)), labels]
+    above = np.count_nonzero(scores > true[:, None], axis=1)
+    return above, np.count_nonzero(scores == true[:, None], axis=1) - 1
+
+
+def _accuracies(above: np.ndarray, tied: np.ndarray, labels: np.ndarray, c: int, ks: Sequence[int],
+                tie_policy: TiePolicy) -> dict[str, object]:
     if tie_policy == "pessimistic":
         above, tied = above + tied, np.zeros_like(tied)
 

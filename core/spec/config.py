@@ -23,6 +23,7 @@ from core.data import DatasetEntry
 from core.fields import Rule, above, at_least, each_at_least, entries, opt, section
 
 PROBABILITY = Rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+FRACTION = Rule(lambda v: 0 < v < 1, "a fraction in (0, 1)")
 BATCH_OR_DYNAMIC = Rule(lambda v: v == -1 or v >= 1, "-1 (dynamic batch) or >= 1")
 MIN_IMAGE_SIDE = at_least(32)
 SCALE_RANGE = Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
@@ -236,17 +237,23 @@ class InferenceEntry:
 
 
 @spec
-class EvalConfig:
+class EncoderRunConfig:
+    """The fields every embedding action shares: which weights to run, and how."""
+
     checkpoint: str | None = opt(None, "clipcore checkpoint; unset: the pretrained weights.")
     onnx_file: str | None = opt(None, "Run an exported ONNX model (ONNX Runtime) instead of a checkpoint.")
     trt_engine: str | None = opt(None, "Run an inference engine (built by `core gen_trt_engine`) instead of a checkpoint.")
-    datasets: list[InferenceEntry] = entries(InferenceEntry, "Inference image folders.")
-    text_file: str | None = opt(None, "Inference prompts, one per line.")
     batch_size: int = opt(16, "Batch size per GPU.", validator=at_least(1))
     num_workers: int = opt(8, "Data loader worker processes.", validator=at_least(0))
     num_gpus: int = opt(1, "GPUs (processes).", validator=at_least(1))
     gpu_ids: list[int] = opt([0], "GPU ids to use.", validator=each_at_least(0))
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/<action>.")
+
+
+@spec
+class EvalConfig(EncoderRunConfig):
+    datasets: list[InferenceEntry] = entries(InferenceEntry, "Inference image folders.")
+    text_file: str | None = opt(None, "Inference prompts, one per line.")
 
 
 PROMPT_TEMPLATES = Rule(lambda v: all(isinstance(t, str) and t.count("{}") == 1 for t in v),
@@ -271,6 +278,39 @@ class EvaluateConfig(EvalConfig):
         [], 'Prompt templates, "{}" standing for the class name (e.g. "a photo of a {}."); a class\'s '
             "text embedding is the normalised mean over templates. Empty: clipcore's default set.",
         validator=PROMPT_TEMPLATES)
+
+
+# --------------------------------------------------------------------------- linear probe
+@spec
+class LinearProbeConfig(EncoderRunConfig):
+    """``linear_probe``: a logistic-regression head on frozen image embeddings of class folders."""
+
+    train_dir: str | None = opt(None, "Training images: one sub-folder of images per class (ImageFolder layout).",
+                                path="dir")
+    val_dir: str | None = opt(None, "Validation images (same layout), used to choose the regularisation; "
+                                    "unset: val_fraction of each class of train_dir, drawn with split_seed.",
+                              path="dir")
+    test_dir: str | None = opt(None, "Test images (same layout), where the results are measured; unset: "
+                                     "test_fraction of each class of train_dir, drawn with split_seed.", path="dir")
+    val_fraction: float = opt(0.2, "Share of each class held out for validation when val_dir is unset.",
+                              validator=FRACTION)
+    test_fraction: float = opt(0.2, "Share of each class held out for testing when test_dir is unset.",
+                               validator=FRACTION)
+    split_seed: int = opt(0, "Seed of the held-out draws and of the k-shot samples.")
+    class_names_file: str | None = opt(
+        None, "Class names, one per line in the sorted order of the class folders; unset: the folder "
+              "names with `_` read as spaces.", path="file")
+    templates: list[str] = opt([], 'Prompt templates of the zero-shot classifier ("{}" is the class name); '
+                                   "empty: clipcore's default set.", validator=PROMPT_TEMPLATES)
+    init: Literal["random", "zeroshot"] = opt(
+        "random", "random: the CLIP paper's probe (weights regularised towards zero) | zeroshot: start from, and "
+                  "regularise towards, the zero-shot classifier of the class prompts (better with few examples).")
+    shots: int = opt(0, "k-shot protocol: train on k images per class, over shot_seeds draws, and report "
+                        "mean ± std; 0: every training image.", validator=at_least(0))
+    shot_seeds: int = opt(5, "Draws of the k-shot training set (shots > 0).", validator=at_least(1))
+    max_iter: int = opt(1000, "L-BFGS iterations per fit.", validator=at_least(1))
+    cache_dir: str | None = opt(None, "Feature cache (HDF5 per split, reused while the model and the images are "
+                                      "unchanged); unset: <results_dir>/linear_probe/features.")
 
 
 # --------------------------------------------------------------------------- export / engines
@@ -352,6 +392,8 @@ class ExperimentConfig:
     inference: EvalConfig = section(EvalConfig, "Embedding inference (HDF5 output).")
     export: ExportConfig = section(ExportConfig, "ONNX export.")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "Inference-engine build (the engine-builder plugin of trt_engine's suffix).")
+    linear_probe: LinearProbeConfig = section(
+        LinearProbeConfig, "Linear probe on frozen image embeddings (`core linear-probe`).")
     hpo: HpoConfig = section(HpoConfig, "Hyper-parameter search over spec fields (`core hpo`, on Optuna).")
     plugins: dict[str, Any] = field(
         factory=dict, metadata={"help": "Plugin-owned sections, keyed by their dotted path "

@@ -34,14 +34,14 @@ from core.fields import InvalidValue
 from core.spec.config import ExperimentConfig
 from core.errors import ConfigError
 from core.registry import Registry, get_registry
-from core.spec.rules import ACTIONS, check
+from core.spec.rules import ACTIONS, TAO_ACTIONS, check
 from core.spec.problems import Problem, raise_problems
 from core.spec.render import format_value, render
 from core.spec.schema import (Table, accepts_str, all_keys, child_sections, choices, describe,
                               field_named, fields_of, fits, key_locations, members, table_item, type_at)
 from core.spec.tao import INERT, RENAMED, read_tao_spec, translate
 
-__all__ = ["ACTIONS", "LoadedSpec", "action_dir", "check", "configured_actions", "convert_tao_spec",
+__all__ = ["ACTIONS", "TAO_ACTIONS", "LoadedSpec", "action_dir", "check", "configured_actions", "convert_tao_spec",
            "get_spec", "load_config", "load_spec", "write_spec_file"]
 
 #: The top-level sections each action reads (written first by ``get_spec(action)``).
@@ -49,6 +49,7 @@ ACTION_SECTIONS = {
     "train": ("model", "train", "dataset"),
     "evaluate": ("model", "evaluate", "dataset"),
     "inference": ("model", "inference"),
+    "linear_probe": ("model", "linear_probe", "dataset"),
     "export": ("model", "export"),
     "gen_trt_engine": ("gen_trt_engine",),
 }

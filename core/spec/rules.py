@@ -21,7 +21,8 @@ from core.errors import ClipcoreError, ConfigError
 from core.registry import Registry, get_registry
 from core.spec.problems import Problem, raise_problems
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
+TAO_ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
+ACTIONS = ("train", "evaluate", "inference", "linear_probe", "export", "gen_trt_engine")  # TAO's, and clipcore's own
 
 
 def check(cfg: ExperimentConfig, action: str | Sequence[str], registry: Registry | None = None, *,
@@ -217,6 +218,17 @@ class _Checker:
         self.entries("inference.datasets", inf.datasets)
         self.exists("inference.text_file", inf.text_file, "file")
         self.weights("inference", inf)
+
+    def linear_probe(self) -> None:
+        lp = self.cfg.linear_probe
+        self.model()
+        if lp.train_dir is None:
+            self.problem("linear_probe.train_dir", "is unset: the probe needs labelled training images",
+                         "point it at a folder with one sub-folder of images per class")
+        for f in attrs.fields(type(lp)):
+            if f.metadata.get("path"):
+                self.exists(f"linear_probe.{f.name}", getattr(lp, f.name), f.metadata["path"])
+        self.weights("linear_probe", lp)
 
     def export(self) -> None:
         ex = self.cfg.export

@@ -22,8 +22,20 @@ def formats_only(monkeypatch):
     get_registry.cache_clear()
 
 
-def run(out, fmt="custom", n=24, val=8, seed=0, force=False, domain="all"):
-    demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force, domain=domain))
+def run(out, fmt="custom", n=24, val=8, seed=0, force=False, domain="all", class_images=0):
+    demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force, domain=domain,
+                                     class_images=class_images))
+
+
+def test_class_folders_hold_one_shape_kind_each(tmp_path, formats_only):
+    run(tmp_path / "demo", class_images=4)
+    for split, count in (("train", 4), ("test", 2)):
+        folders = sorted((tmp_path / "demo" / "classes" / split).iterdir())
+        assert [f.name for f in folders] == sorted(demo_data.SHAPES)
+        assert all(len(list(f.glob("*.png"))) == count for f in folders)
+    assert demo_data.class_image(0, "train", 7) == demo_data.class_image(0, "train", 7)
+    assert demo_data.class_image(0, "train", 7)[0] == demo_data.SHAPES[7 % 6]
+    assert demo_data.class_image(0, "train", 7) != demo_data.class_image(0, "test", 7)
 
 
 def test_samples_are_a_function_of_the_seed():

@@ -291,7 +291,8 @@ def runnable(registry, root: Path, *overrides: str) -> ExperimentConfig:
     """A config whose data exists, plus ``overrides``."""
     return load_config(None, [f"dataset.train.datasets.0.image_dir={root / 'train'}",
                               f"dataset.val.datasets.0.image_dir={root / 'val'}",
-                              f"inference.datasets.0.image_dir={root / 'infer'}", *overrides], registry=registry)
+                              f"inference.datasets.0.image_dir={root / 'infer'}",
+                              f"linear_probe.train_dir={root / 'train'}", *overrides], registry=registry)
 
 
 def check_error(registry, cfg, action, **kw) -> str:
@@ -325,6 +326,8 @@ def test_runnable_config_passes_every_action(registry, data_dirs):
     (["inference.text_file=/no/p.txt"], "inference", "inference.text_file: file /no/p.txt does not exist"),
     (["evaluate.classification_dir=/no/classes"], "evaluate",
      "evaluate.classification_dir: folder /no/classes does not exist"),
+    (["linear_probe.train_dir=null"], "linear_probe", "linear_probe.train_dir: is unset"),
+    (["linear_probe.test_dir=/no/test"], "linear_probe", "linear_probe.test_dir: folder /no/test does not exist"),
     (["gen_trt_engine.tensorrt.opt_batch_size=32"], "gen_trt_engine", "min <= opt <= max"),
     ([], "gen_trt_engine", "gen_trt_engine.onnx_file: not set"),
     (["gen_trt_engine.onnx_file=/no/m.onnx"], "gen_trt_engine",
@@ -332,6 +335,12 @@ def test_runnable_config_passes_every_action(registry, data_dirs):
 ])
 def test_check_rules(registry, data_dirs, overrides, action, message):
     assert message in check_error(registry, runnable(registry, data_dirs, *overrides), action)
+
+
+def test_probe_fractions_are_checked_on_load(registry):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["linear_probe.val_fraction=1.5"], registry=registry)
+    assert "linear_probe.val_fraction" in info.value.message and "a fraction in (0, 1)" in info.value.message
 
 
 def test_unknown_model_type_gets_did_you_mean(registry, data_dirs):
@@ -461,7 +470,7 @@ def test_convert_tao_examples_keep_every_value(registry, tmp_path, name):
     tao = yaml.safe_load(source.read_text())
     for parts, value in leaves(tao):
         assert lookup(cfg, parts) == value, parts
-    check(cfg, spec.ACTIONS, registry, check_paths=False)
+    check(cfg, spec.TAO_ACTIONS, registry, check_paths=False)
 
 
 def test_shared_examples_match_the_fixtures():
@@ -568,4 +577,4 @@ def test_example_spec_loads_and_checks(registry):
     example = Path(__file__).parents[2] / "clip.toml.example"
     cfg = load_config(example, registry=registry)
     assert cfg.model.type == "siglip2-so400m-patch16-256" and cfg.dataset.train.datasets[0].image_dir
-    check(cfg, spec.ACTIONS, registry, check_paths=False)
+    check(cfg, spec.TAO_ACTIONS, registry, check_paths=False)
