@@ -35,6 +35,7 @@ REASONS = {
     "empty-caption": "the caption is empty or only whitespace",
     "caption-not-utf8": "the caption is not valid UTF-8",
     "unreadable-tar-member": "a tar archive member cannot be read",
+    "bad-box": "a detection box has no area or lies outside its image",
     "missing-shard": "a shard does not exist",
     "unreachable-shard": "a shard cannot be opened or read",
 }

@@ -78,6 +78,16 @@ def decoded(fn: Callable[[], T], seed: int | None = None) -> T:
         raise _decode_failure(exc) from None
 
 
+def decoded_rgb(image: Image.Image) -> Image.Image:
+    """An opened image decoded and converted to RGB (:func:`to_rgb`); decode failures become
+    :class:`BadSample`."""
+    def load() -> Image.Image:
+        image.load()
+        return to_rgb(image)
+
+    return decoded(load)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: transparency is composited over white (as Hugging Face image processors do),
     16/32-bit grayscale is scaled to 8 bits (PIL's own conversion clips it), CMYK, palette, 1-bit

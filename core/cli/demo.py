@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(out / "results", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     demo_data.run(argparse.Namespace(out=str(out / "data"), format="custom", n=args.n, val=args.val, domain="all",
-                                     seed=args.seed, class_images=demo_data.CLASS_IMAGES, force=True))
+                                     seed=args.seed, class_images=demo_data.CLASS_IMAGES,
+                                     detection_frames=demo_data.DETECTION_FRAMES, force=True))
     path = write_spec(out, epochs=args.epochs, seed=args.seed)
     cfg = spec.load_config(path)
     spec.check(cfg, "train")

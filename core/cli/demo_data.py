@@ -17,6 +17,10 @@ colours and colour words ``general`` never shows: purple, cyan, pink, brown). La
     OUT/classes/{train,test}/<shape>/*.png
                 one shape per image, in a folder named by its kind (ImageFolder layout, six
                 classes), for `core linear-probe` and zero-shot classification
+    OUT/detections/detections.json, OUT/detections/frames/*.png
+                128×128 frames from two cameras, each showing three to five of twelve objects
+                (fixed kind, colour and size); COCO boxes with the kind as category and the
+                object as instance_id, for object embeddings and re-identification
 
 Colours and positions are what the captions describe, so train with colour jitter, grayscale
 and random crops off (dataset.toml sets them so).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,7 @@ SIZE = 64
 SUPERSAMPLE = 4
 CAPTIONS_PER_IMAGE = 4
 CLASS_IMAGES = 30  # class-folder training images per class (half as many for testing)
+DETECTION_FRAMES = 60
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (240, 220, 50),
@@ -211,6 +217,67 @@ def write_classes(out: Path, seed: int, per_class: int, domain: str) -> int:
     return written
 
 
+FRAME_SIZE, FRAME_GRID = 128, 4  # detection frames: 128×128, objects placed in cells of a 4×4 grid
+INSTANCES = 12
+
+
+def instances(seed: int, domain: str = "all") -> list[tuple[str, str, float]]:
+    """The objects detection frames show: ``INSTANCES`` distinct (kind, colour) pairs, each with
+    its own radius in pixels."""
+    rng = np.random.default_rng([seed, 4, list(DOMAINS).index(domain)])
+    colours = DOMAINS[domain]
+    pairs = [(k, c) for k in SHAPES for c in colours]
+    chosen = rng.choice(len(pairs), size=min(INSTANCES, len(pairs)), replace=False)
+    return [(*pairs[i], float(rng.uniform(8, 14))) for i in chosen]
+
+
+def detection_frame(seed: int, index: int, domain: str = "all") -> tuple[bytes, int, list[dict[str, Any]]]:
+    """Frame ``index``: a PNG, its camera (0 or 1: darker or lighter background) and its objects
+    ``{"instance", "kind", "bbox"}`` (bbox ``[x, y, w, h]`` around the drawn shape)."""
+    rng = np.random.default_rng([seed, 5, index, list(DOMAINS).index(domain)])
+    objects = instances(seed, domain)
+    camera = index % 2
+    big, cell = FRAME_SIZE * SUPERSAMPLE, FRAME_SIZE / FRAME_GRID
+    image = Image.new("RGB", (big, big), (int(rng.integers(10, 50)) + 40 * camera,) * 3)
+    draw = ImageDraw.Draw(image)
+    shown = rng.choice(len(objects), size=int(rng.integers(3, 6)), replace=False)
+    cells = rng.choice(FRAME_GRID * FRAME_GRID, size=len(shown), replace=False)
+    found = []
+    for instance, where in zip(shown, cells):
+        kind, colour, radius = objects[instance]
+        cx = (where % FRAME_GRID + 0.5) * cell + rng.uniform(-2, 2)
+        cy = (where // FRAME_GRID + 0.5) * cell + rng.uniform(-2, 2)
+        rgb = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLOURS[colour])
+        _draw(draw, kind, cx * SUPERSAMPLE, cy * SUPERSAMPLE, radius * SUPERSAMPLE, rgb)
+        found.append({"instance": int(instance), "kind": kind,
+                      "bbox": [round(cx - radius, 2), round(cy - radius, 2), round(2 * radius, 2), round(2 * radius, 2)]})
+    small = np.asarray(image.reduce(SUPERSAMPLE), dtype=np.int16)
+    noisy = np.clip(small + rng.normal(0, 4, small.shape).round().astype(np.int16), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue(), camera, found
+
+
+def write_detections(out: Path, seed: int, frames: int, domain: str) -> int:
+    """``out/frames/NNNNN.png`` and ``out/detections.json`` (COCO, with instance_id, camera_id and
+    frame_id); the number of boxes."""
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": [{"id": i, "name": kind} for i, kind in enumerate(SHAPES)]}
+    for index in range(frames):
+        png, camera, objects = detection_frame(seed, index, domain)
+        name = f"frames/{index:05d}.png"
+        (out / name).write_bytes(png)
+        coco["images"].append({"id": index, "file_name": name, "width": FRAME_SIZE, "height": FRAME_SIZE,
+                               "camera_id": camera, "frame_id": index})
+        for obj in objects:
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": index, "bbox": obj["bbox"],
+                                        "category_id": SHAPES.index(obj["kind"]), "score": 1.0,
+                                        "instance_id": obj["instance"]})
+    (out / "detections.json").write_text(json.dumps(coco, indent=1), encoding="utf-8")
+    return len(coco["annotations"])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder")
     parser.add_argument("--format", default=ExperimentConfig().dataset.train.type,
@@ -224,6 +291,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, metavar="N",
                         help="class-folder images per class in OUT/classes/train (half as many in "
                              f"OUT/classes/test; default {CLASS_IMAGES}; 0 writes none)")
+    parser.add_argument("--detection-frames", type=int, default=DETECTION_FRAMES, metavar="N",
+                        help=f"detection frames in OUT/detections (default {DETECTION_FRAMES}; 0 writes none)")
     parser.add_argument("--force", action="store_true", help="replace what OUT holds from an earlier run")
 
 
@@ -238,10 +307,11 @@ def run(args: argparse.Namespace) -> None:
         raise ClipcoreError(f"dataset format {args.format!r} cannot write data", where="--format",
                             fix="choose a format that can: " + ", ".join(_writers(registry)))
     val_format = fmt if fmt.retrieval is not None else _retrieval_writer(registry)
-    if args.n < 1 or args.val < 1 or args.class_images < 0:
-        raise ClipcoreError("--n and --val must be at least 1, --class-images at least 0", where="core demo-data")
+    if args.n < 1 or args.val < 1 or args.class_images < 0 or args.detection_frames < 0:
+        raise ClipcoreError("--n and --val must be at least 1, --class-images and --detection-frames at least 0",
+                            where="core demo-data")
     out = Path(args.out)
-    for part in ("train", "val", "classes"):
+    for part in ("train", "val", "classes", "detections"):
         if (out / part).exists():
             if not args.force:
                 raise ClipcoreError(f"{out / part} already exists", where="core demo-data",
@@ -254,6 +324,8 @@ def run(args: argparse.Namespace) -> None:
         cfg = fmt.write(out / "train", train, load_config(None))
         cfg.dataset.val = val_format.write(out / "val", val, load_config(None)).dataset.val
         classes = write_classes(out / "classes", args.seed, args.class_images, args.domain) if args.class_images else 0
+        boxes = (write_detections(out / "detections", args.seed, args.detection_frames, args.domain)
+                 if args.detection_frames else 0)
     section = dataset_section(cfg, load_config(None))
     (out / "dataset.toml").write_text(tomli_w.dumps(section), encoding="utf-8")
     console.print(f"wrote {args.n} training and {args.val} validation pairs ({args.format}) to {out}; "
@@ -261,6 +333,9 @@ def run(args: argparse.Namespace) -> None:
     if classes:
         console.print(f"wrote {classes} class-folder images ({len(SHAPES)} shape classes) to {out / 'classes'}",
                       markup=False)
+    if boxes:
+        console.print(f"wrote {args.detection_frames} detection frames with {boxes} boxes of {INSTANCES} objects to "
+                      f"{out / 'detections'}", markup=False)
 
 
 def _writers(registry: Any) -> list[str]:

@@ -29,16 +29,24 @@ from core.errors import ConfigError
 from core.eval.classification import classification_results
 from core.eval.embed import Encoder, progress_bar
 from core.eval.metrics import DIRECTIONS, KS
+from core.eval.reid import KS as REID_KS, reid_results
 from core.eval.retrieval import retrieval_results
 from core.runtime.distributed import World
+from core.spec.load import action_dir
 
 RESULTS_FILE = "results.json"
 TABLE_METRICS = [f"R@{k}" for k in KS] + ["mAP", "MedR", "MeanR", "AUC"]
 
 
 def run(cfg, args) -> None:
-    """Evaluate here, or launch torchrun for ``evaluate.num_gpus`` > 1 processes."""
+    """Evaluate here, or launch torchrun for ``evaluate.num_gpus`` > 1 processes; re-identification
+    alone needs no model (it scores embedding files)."""
     _refuse_inference_keys(cfg.evaluate)
+    if not cfg.dataset.val.datasets and not cfg.evaluate.classification_dir and cfg.evaluate.reid_query:
+        out_dir = action_dir(cfg, "evaluate")
+        results = {"reid": reid_results(cfg.evaluate.reid_query, cfg.evaluate.reid_gallery)}
+        print_results(results, write_results(results, out_dir / RESULTS_FILE))
+        return
     run_embedding_action(cfg, args, "evaluate", _evaluate_and_report)
 
 
@@ -52,10 +60,12 @@ def evaluate(cfg, encoder: Encoder, world: World, out_dir: Path) -> dict[str, An
     """Retrieval on ``dataset.val`` (if it has datasets) and classification (if
     ``evaluate.classification_dir`` is set); the results on rank 0, ``None`` elsewhere."""
     ev = cfg.evaluate
-    if not cfg.dataset.val.datasets and not ev.classification_dir:
+    if not cfg.dataset.val.datasets and not ev.classification_dir and not ev.reid_query:
         raise ConfigError("nothing to evaluate: dataset.val.datasets is empty and evaluate.classification_dir "
-                          "is unset", where="dataset.val", fix="add [[dataset.val.datasets]] with image_dir "
-                          "(retrieval) and/or set evaluate.classification_dir (zero-shot classification)")
+                          "and evaluate.reid_query are unset", where="dataset.val",
+                          fix="add [[dataset.val.datasets]] with image_dir (retrieval), and/or set "
+                              "evaluate.classification_dir (zero-shot classification) or evaluate.reid_query "
+                              "(re-identification)")
     bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, phase="evaluate")
     results: dict[str, Any] = {"model": encoder.source}
     with progress_bar(world.is_main) as progress:
@@ -65,6 +75,8 @@ def evaluate(cfg, encoder: Encoder, world: World, out_dir: Path) -> dict[str, An
             results.update(retrieval or {})
         if ev.classification_dir:
             results["classification"] = classification_results(cfg, encoder, world, bad, progress)
+    if ev.reid_query and world.is_main:
+        results["reid"] = reid_results(ev.reid_query, ev.reid_gallery)
     bad.report("evaluate")
     return results if world.is_main else None
 
@@ -108,6 +120,15 @@ def print_results(results: dict[str, Any], path: Path | None = None, console: Co
         for key in ("top1", "top5", "mean_per_class"):
             if key in cls:
                 table.add_row(key, _fmt(cls[key]))
+        console.print(table)
+    reid = results.get("reid")
+    if reid:
+        table = Table(title=f"re-identification: {reid['queries']} queries, {reid['gallery_objects']} gallery objects",
+                      min_width=44)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in (*(f"rank-{k}" for k in REID_KS), "mAP"):
+            table.add_row(key, _fmt(reid[key]))
         console.print(table)
     if path is not None:
         console.print(f"results: {path}")

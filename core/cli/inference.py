@@ -1,8 +1,9 @@
-"""``core inference``: image and text embeddings to HDF5, in TAO's layout.
+"""``core inference``: image, text and object embeddings to HDF5, in TAO's layout.
 
 Inputs: the images under ``inference.datasets`` (each ``image_dir`` searched recursively for
-``.jpg .jpeg .png .bmp .gif .webp`` in any case, sorted by path; entries concatenated) and/or
-the prompts of ``inference.text_file`` (one per line, blank lines dropped). The model is
+``.jpg .jpeg .png .bmp .gif .webp`` in any case, sorted by path; entries concatenated), the
+prompts of ``inference.text_file`` (one per line, blank lines dropped), and/or the boxes of
+``inference.detections`` (COCO JSON; the crop rule is in :mod:`core.eval.detections`). The model is
 ``inference.checkpoint``, ``inference.onnx_file``, ``inference.trt_engine`` or, with none set,
 the pretrained weights of ``model.type``.
 
@@ -12,9 +13,16 @@ Outputs in ``<results_dir>/inference/``:
   ``image_paths`` UTF-8 strings ``[N]``; attributes ``num_images``, ``embedding_dim``,
   ``embedding_type = "image"``;
 - ``text_embeddings.h5``: ``embeddings`` ``[M, D]``, ``texts`` ``[M]``; ``num_texts``,
-  ``embedding_dim``, ``embedding_type = "text"``.
+  ``embedding_dim``, ``embedding_type = "text"``;
+- ``object_embeddings.h5``: ``embeddings`` ``[K, D]``, one row per box, with ``image_paths``,
+  ``boxes`` float32 ``[K, 4]`` (x, y, width, height as in the file), ``scores`` (NaN: none),
+  ``image_ids``, ``annotation_ids``, ``category_ids``, ``instance_ids``, ``camera_ids`` and
+  ``frame_ids`` (int64; -1: unknown; the frame defaults to the image id); attributes
+  ``num_objects``, ``embedding_type = "object"``, ``crop_margin``, ``crop_shape`` and
+  ``categories`` (JSON: id -> name). A box without area or outside its image is skipped and listed
+  in ``skipped.jsonl`` (reason ``bad-box``).
 
-Both files also record where the embeddings came from (``model_type``, ``checkpoint`` or
+Every file also records where the embeddings came from (``model_type``, ``checkpoint`` or
 ``onnx_file`` / ``trt_engine``, ``pretrained``, and ``config``, the resolved spec as TOML) so that
 ``core search`` encodes queries with the same model. Rows are written in chunks as they are
 computed (a million images never sit in memory) into a temporary file renamed into place at the
@@ -27,6 +35,7 @@ rank 0 joins the parts in order.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -39,11 +48,12 @@ import torch
 from core.bad_samples import BadSampleLog
 from core.cli.launch import run_embedding_action
 from core.runtime.distributed import World
+from core.eval.detections import CropLoader, Detection, read_detections
 from core.eval.embed import Encoder, Shard, image_batches, list_images, path_loader, progress_bar, text_batches
 from core.errors import DataError
 from core.images import IMAGE_EXTENSIONS
 
-IMAGE_FILE, TEXT_FILE = "image_embeddings.h5", "text_embeddings.h5"
+IMAGE_FILE, TEXT_FILE, OBJECT_FILE = "image_embeddings.h5", "text_embeddings.h5", "object_embeddings.h5"
 SKIPPED_FILE = "skipped.jsonl"
 WRITE_CHUNK = 4096  # rows per HDF5 chunk and per copy when joining rank parts
 
@@ -63,9 +73,10 @@ def _infer_and_report(cfg, encoder: Encoder, world: World, out_dir: Path) -> Non
 def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path, int]]:
     """Write the image and/or text embedding files; ``(path, rows)`` of each (on rank 0)."""
     inf = cfg.inference
-    if not inf.datasets and not inf.text_file:
-        raise DataError("nothing to embed: inference.datasets and inference.text_file are unset",
-                        where="inference", fix="add [[inference.datasets]] with image_dir, or set inference.text_file")
+    if not inf.datasets and not inf.text_file and not inf.detections:
+        raise DataError("nothing to embed: inference.datasets, inference.text_file and inference.detections are unset",
+                        where="inference", fix="add [[inference.datasets]] with image_dir, or set inference.text_file "
+                                               "or inference.detections")
     texts = read_prompts(inf.text_file) if inf.text_file else None
     paths = [p for i, entry in enumerate(inf.datasets)
              for p in list_images(entry.image_dir, key=f"inference.datasets.{i}.image_dir")]
@@ -83,14 +94,59 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
             batches = _image_rows(encoder, load, paths, range(shard.start, shard.stop), inf, bad, progress)
             written.append(_write_sharded(out_dir / IMAGE_FILE, "image", provenance, batches, world))
             bad.report("inference")
+        if inf.detections:
+            written.append(_embed_objects(cfg, encoder, world, out_dir, provenance, progress))
         if texts is not None:
             shard = Shard.of(len(texts), world.rank, world.size)
             mine = texts[shard.start:shard.stop]
-            batches = ((mine[s:s + len(e)], e) for s, e in
+            batches = (({"texts": mine[s:s + len(e)]}, e) for s, e in
                        text_batches(encoder, mine, batch_size=inf.batch_size, progress=progress,
                                     description="inference: texts"))
             written.append(_write_sharded(out_dir / TEXT_FILE, "text", provenance, batches, world))
     return written
+
+
+def _embed_objects(cfg, encoder: Encoder, world: World, out_dir: Path, provenance: dict[str, str],
+                   progress) -> tuple[Path, int | None]:
+    """``object_embeddings.h5``: one row per usable box of ``inference.detections``."""
+    inf = cfg.inference
+    found = read_detections(inf.detections, inf.detections_image_dir, min_score=inf.min_score)
+    bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, world.rank, file_name=SKIPPED_FILE, phase="inference")
+    if world.is_main:
+        for where, detail in found.skipped:
+            bad.record(where, "bad-box", detail)
+    if not found.boxes:
+        raise DataError(f"{inf.detections} has no usable boxes", where="inference.detections",
+                        fix=f"see {out_dir / SKIPPED_FILE} for why each box was skipped")
+    load = CropLoader(found.boxes, encoder.transform, max_pixels=cfg.dataset.max_image_pixels,
+                      margin=inf.crop_margin, shape=inf.crop_shape)
+    shard = Shard.of(len(found.boxes), world.rank, world.size)
+
+    def rows() -> Iterator[tuple[Columns, torch.Tensor]]:
+        for batch in image_batches(encoder, load, range(shard.start, shard.stop), batch_size=inf.batch_size,
+                                   num_workers=inf.num_workers, progress=progress, description="inference: objects"):
+            for index, reason, detail in batch.failed:
+                box = found.boxes[index]
+                bad.record(f"{box.image_path}#{box.annotation_id}", reason, detail)
+            yield object_columns([found.boxes[i] for i in batch.indices]), batch.embeddings
+
+    attributes = {**provenance, "crop_margin": inf.crop_margin, "crop_shape": inf.crop_shape,
+                  "categories": json.dumps({str(k): v for k, v in found.categories.items()})}
+    written = _write_sharded(out_dir / OBJECT_FILE, "object", attributes, rows(), world)
+    bad.report("inference")
+    return written
+
+
+def object_columns(boxes: Sequence[Detection]) -> Columns:
+    """The per-row columns of ``object_embeddings.h5`` for ``boxes``."""
+    def ints(name: str) -> np.ndarray:
+        return np.asarray([getattr(b, name) for b in boxes], dtype=np.int64)
+
+    return {"image_paths": [str(b.image_path) for b in boxes],
+            "boxes": np.asarray([b.bbox for b in boxes], dtype=np.float32).reshape(-1, 4),
+            "scores": np.asarray([b.score for b in boxes], dtype=np.float32),
+            **{f"{name}s": ints(name) for name in ("image_id", "annotation_id", "category_id", "instance_id",
+                                                   "camera_id", "frame_id")}}
 
 
 def read_prompts(path: str) -> list[str]:
@@ -112,7 +168,7 @@ def _image_rows(encoder, load, paths, indices, inf, bad: BadSampleLog, progress)
                                progress=progress, description="inference: images"):
         for index, reason, detail in batch.failed:
             bad.record(str(paths[index]), reason, detail)
-        yield [str(paths[i]) for i in batch.indices], batch.embeddings
+        yield {"image_paths": [str(paths[i]) for i in batch.indices]}, batch.embeddings
 
 
 # --------------------------------------------------------------------------- provenance
@@ -142,43 +198,39 @@ def _absolute_paths(cfg):
 
 
 # --------------------------------------------------------------------------- HDF5
-NAMES = {"image": ("image_paths", "num_images"), "text": ("texts", "num_texts")}
+COUNTS = {"image": "num_images", "text": "num_texts", "object": "num_objects"}
 CHUNK_ROWS = 256
 CACHE_BYTES = 64 * 2**20
+Columns = dict[str, Any]  # per-row values of a batch: a list of strings, or an array with one row per item
 
 
 def write_embeddings(path: Path, kind: str, attributes: dict[str, Any],
-                     batches: Iterator[tuple[Sequence[str], torch.Tensor]], *, allow_empty: bool = False) -> int:
-    """Stream ``(names, embeddings)`` batches into ``path`` (a temporary file renamed into place
-    when complete); returns the number of rows. ``kind`` is ``image`` or ``text``."""
-    names_key, count_key = NAMES[kind]
+                     batches: Iterator[tuple[Columns, torch.Tensor]], *, allow_empty: bool = False) -> int:
+    """Stream ``(columns, embeddings)`` batches into ``path`` (a temporary file renamed into place
+    when complete); returns the number of rows. ``kind`` is ``image``, ``text`` or ``object``;
+    each column becomes a dataset beside ``embeddings`` (strings as UTF-8)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     rows = 0
     try:
         with h5py.File(tmp, "w", rdcc_nbytes=CACHE_BYTES) as f:
-            names = f.create_dataset(names_key, shape=(0,), maxshape=(None,), chunks=(CHUNK_ROWS,),
-                                     dtype=h5py.string_dtype("utf-8"))
-            embeddings = None
-            for batch_names, batch in batches:
-                n = len(batch_names)
+            for columns, batch in batches:
+                n = len(batch)
                 if not n:
                     continue
-                if embeddings is None:
-                    dim = batch.shape[1]
-                    embeddings = f.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim), dtype="f4",
-                                                  chunks=(CHUNK_ROWS, dim), compression="gzip", compression_opts=4)
-                embeddings.resize(rows + n, axis=0)
-                embeddings[rows:] = batch.numpy().astype(np.float32, copy=False)
-                names.resize(rows + n, axis=0)
-                names[rows:] = list(batch_names)
+                for name, values in {"embeddings": batch.numpy().astype(np.float32, copy=False), **columns}.items():
+                    if name not in f:
+                        _create_column(f, name, values)
+                    f[name].resize(rows + n, axis=0)
+                    f[name][rows:] = values
                 rows += n
-            if embeddings is None and not allow_empty:
+            if "embeddings" not in f and not allow_empty:
                 raise DataError(f"no {kind} could be embedded, so {path.name} would be empty",
-                                where="inference.datasets" if kind == "image" else "inference.text_file",
-                                fix="see bad_samples.jsonl for why each image was skipped")
-            f.attrs.update({count_key: rows, "embedding_type": kind, **attributes})
-            f.attrs["embedding_dim"] = 0 if embeddings is None else embeddings.shape[1]
+                                where={"image": "inference.datasets", "text": "inference.text_file"}.get(
+                                    kind, "inference.detections"),
+                                fix="see the skipped list for why each item was skipped")
+            f.attrs.update({COUNTS[kind]: rows, "embedding_type": kind, **attributes})
+            f.attrs["embedding_dim"] = f["embeddings"].shape[1] if "embeddings" in f else 0
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -188,14 +240,26 @@ def write_embeddings(path: Path, kind: str, attributes: dict[str, Any],
     return rows
 
 
-def read_embedding_rows(path: Path, kind: str, rows: int = CHUNK_ROWS * 16) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """``(names, embeddings)`` batches of an embedding file (none for an empty part)."""
-    names_key, _ = NAMES[kind]
+def _create_column(f: h5py.File, name: str, values: Any) -> None:
+    if isinstance(values, list):
+        f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(CHUNK_ROWS,), dtype=h5py.string_dtype("utf-8"))
+        return
+    values = np.asarray(values)
+    extra = {"compression": "gzip", "compression_opts": 4} if name == "embeddings" else {}
+    f.create_dataset(name, shape=(0, *values.shape[1:]), maxshape=(None, *values.shape[1:]), dtype=values.dtype,
+                     chunks=(CHUNK_ROWS, *values.shape[1:]), **extra)
+
+
+def read_embedding_rows(path: Path, rows: int = CHUNK_ROWS * 16) -> Iterator[tuple[Columns, torch.Tensor]]:
+    """``(columns, embeddings)`` batches of an embedding file (none for an empty part)."""
     with h5py.File(path, "r") as f:
         if "embeddings" not in f:
             return
+        names = [n for n in f if n != "embeddings"]
         for start in range(0, f["embeddings"].shape[0], rows):
-            yield list(f[names_key].asstr()[start:start + rows]), torch.from_numpy(f["embeddings"][start:start + rows])
+            part = slice(start, start + rows)
+            columns = {n: list(f[n].asstr()[part]) if f[n].dtype.kind == "O" else f[n][part] for n in names}
+            yield columns, torch.from_numpy(f["embeddings"][part])
 
 
 def _write_sharded(path: Path, kind: str, attributes: dict[str, Any], batches, world: World) -> tuple[Path, int | None]:
@@ -207,7 +271,7 @@ def _write_sharded(path: Path, kind: str, attributes: dict[str, Any], batches, w
     torch.distributed.barrier()
     if not world.is_main:
         return path, None
-    rows = write_embeddings(path, kind, attributes, (b for part in parts for b in read_embedding_rows(part, kind)))
+    rows = write_embeddings(path, kind, attributes, (b for part in parts for b in read_embedding_rows(part)))
     for part in parts:
         part.unlink()
     return path, rows

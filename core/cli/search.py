@@ -1,7 +1,12 @@
-"""``core search``: exact nearest-neighbour search over the image embeddings of ``core inference``.
+"""``core search``: exact nearest-neighbour search over the image or object embeddings of ``core inference``.
 
     core search --images results/inference/image_embeddings.h5 "a red car" "a dog on a beach" -k 10
     core search --images image_embeddings.h5 --image query.jpg -k 5
+    core search --images object_embeddings.h5 "a red star" --object 12 -k 5
+
+Over object embeddings (``object_embeddings.h5``) each hit shows its image, box, category and
+instance; ``--object ROW`` queries with the object in that row (object to objects; the row itself
+is left out of its results).
 
 Queries are encoded with the model the embeddings came from, as recorded in the HDF5 file (its
 ``config`` attribute: model type, checkpoint or ONNX or engine file, tokenizer); ``-c spec`` and
@@ -12,9 +17,10 @@ image is scored (exact search), streaming the file in blocks. Equal scores rank 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -30,9 +36,11 @@ BLOCK_ROWS = 65536
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("queries", nargs="*", metavar="TEXT", help="text queries")
     parser.add_argument("--images", required=True, metavar="H5",
-                        help="image_embeddings.h5 written by `core inference`")
+                        help="image_embeddings.h5 or object_embeddings.h5 written by `core inference`")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="an image query (image-to-image search); repeatable")
+    parser.add_argument("--object", action="append", default=[], type=int, metavar="ROW",
+                        help="the object in row ROW of an object_embeddings.h5 as the query; repeatable")
     parser.add_argument("-k", "--top_k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("-c", "--config", metavar="SPEC",
                         help="spec whose model and inference.checkpoint/onnx_file/trt_engine encode the queries "
@@ -42,31 +50,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if not args.queries and not args.image:
+    if not args.queries and not args.image and not args.object:
         raise ClipcoreError("no query given", where="core search",
-                            fix='pass text queries ("a red car") and/or --image path.jpg')
+                            fix='pass text queries ("a red car"), --image path.jpg and/or --object ROW')
     if args.top_k < 1:
         raise ClipcoreError(f"-k must be >= 1, got {args.top_k}", where="-k")
     path = Path(args.images).expanduser()
     info = read_header(path)
-    cfg, encoder = query_encoder(path, info, args.config, args.override)
-    labels, queries = encode_queries(encoder, args.queries, args.image, max_pixels=cfg.dataset.max_image_pixels)
-    if queries.shape[1] != info["dim"]:
-        raise ClipcoreError(f"the queries are {queries.shape[1]}-dimensional but {path} holds "
-                            f"{info['dim']}-dimensional embeddings", where="-c / model",
-                            fix="encode queries with the model that wrote the file (drop -c and -o)")
-    scores, rows = top_k(path, queries, args.top_k)
+    labels, parts = [], []
+    if args.queries or args.image:
+        cfg, encoder = query_encoder(path, info, args.config, args.override)
+        labels, queries = encode_queries(encoder, args.queries, args.image, max_pixels=cfg.dataset.max_image_pixels)
+        if queries.shape[1] != info["dim"]:
+            raise ClipcoreError(f"the queries are {queries.shape[1]}-dimensional but {path} holds "
+                                f"{info['dim']}-dimensional embeddings", where="-c / model",
+                                fix="encode queries with the model that wrote the file (drop -c and -o)")
+        parts.append(queries)
+    if args.object:
+        object_labels, objects = object_queries(path, info, args.object)
+        labels, parts = labels + object_labels, parts + [objects]
+    exclude = [None] * (len(labels) - len(args.object)) + list(args.object)
+    scores, rows = top_k(path, torch.cat(parts), args.top_k + bool(args.object))
     with h5py.File(path, "r") as f:
-        names = f["image_paths"].asstr()
+        columns = _result_columns(f)
         console = Console()
-        for label, row_scores, row_index in zip(labels, scores, rows):
+        for label, row_scores, row_index, own in zip(labels, scores, rows, exclude):
             table = Table(title=label, title_justify="left")
             table.add_column("rank", justify="right")
             table.add_column("score", justify="right")
-            table.add_column("image", overflow="fold")
-            for rank, (score, index) in enumerate(zip(row_scores, row_index), start=1):
-                table.add_row(str(rank), f"{score:.4f}", names[int(index)])
+            for name, _ in columns:
+                table.add_column(name, overflow="fold")
+            hits = [(s, int(i)) for s, i in zip(row_scores, row_index) if int(i) != own][:args.top_k]
+            for rank, (score, index) in enumerate(hits, start=1):
+                table.add_row(str(rank), f"{score:.4f}", *(cell(index) for _, cell in columns))
             console.print(table)
+
+
+def object_queries(path: Path, info: dict, rows: Sequence[int]) -> tuple[list[str], torch.Tensor]:
+    """Labels and embeddings of the objects in ``rows`` of an object embedding file."""
+    if info["kind"] != "object":
+        raise ClipcoreError("--object needs an object embedding file", where="--images",
+                            fix="pass the object_embeddings.h5 that `core inference` writes from inference.detections")
+    bad = [r for r in rows if not 0 <= r < info["rows"]]
+    if bad:
+        raise ClipcoreError(f"row {bad[0]} is not in {path} (rows 0..{info['rows'] - 1})", where="--object",
+                            fix="pass a row index of the file")
+    with h5py.File(path, "r") as f:
+        names = f["image_paths"].asstr()
+        labels = [f"object {r}: {names[r]} box {_box(f['boxes'][r])}" for r in rows]
+        return labels, torch.from_numpy(np.stack([f["embeddings"][r] for r in rows]))
+
+
+def _result_columns(f: h5py.File) -> list[tuple[str, Callable[[int], str]]]:
+    """The columns a hit is shown with: its image, and for objects its box, category and instance."""
+    names = f["image_paths"].asstr()
+    columns: list[tuple[str, Callable[[int], str]]] = [("image", lambda i: names[i])]
+    if f.attrs.get("embedding_type") == "object":
+        categories = json.loads(f.attrs.get("categories", "{}"))
+        columns += [("box", lambda i: _box(f["boxes"][i])),
+                    ("category", lambda i: categories.get(str(f["category_ids"][i]), str(f["category_ids"][i]))),
+                    ("instance", lambda i: str(f["instance_ids"][i]))]
+    return columns
+
+
+def _box(box: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
 def read_header(path: Path) -> dict:
@@ -77,14 +125,15 @@ def read_header(path: Path) -> dict:
     try:
         with h5py.File(path, "r") as f:
             kind = f.attrs.get("embedding_type")
-            if kind != "image" or "embeddings" not in f or "image_paths" not in f:
-                raise DataError(f"{path} is not an image embedding file (embedding_type {kind!r})", where="--images",
-                                fix="pass the image_embeddings.h5 written by `core inference`")
+            if kind not in ("image", "object") or "embeddings" not in f or "image_paths" not in f:
+                raise DataError(f"{path} is not an image or object embedding file (embedding_type {kind!r})",
+                                where="--images",
+                                fix="pass the image_embeddings.h5 or object_embeddings.h5 written by `core inference`")
             rows, dim = f["embeddings"].shape
             config = f.attrs.get("config")
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}", where="--images", fix="pass an HDF5 file") from None
-    return {"rows": rows, "dim": dim, "config": config}
+    return {"rows": rows, "dim": dim, "config": config, "kind": kind}
 
 
 def query_encoder(path: Path, info: dict, config: str | None, overrides: Sequence[str]):
@@ -137,7 +186,7 @@ def encode_queries(encoder, texts: Sequence[str], images: Sequence[str], *,
 
 
 def top_k(path: Path, queries: torch.Tensor, k: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and row indices of the ``k`` best images per query (ties: lower row first),
+    """Scores and row indices of the ``k`` best rows per query (ties: lower row first),
     scanning the file's embeddings block by block."""
     q = queries.numpy().astype(np.float32)
     best_scores = np.empty((len(q), 0), np.float32)

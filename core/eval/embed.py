@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from core.bad_samples import BadSample
 from core.errors import ClipcoreError, DataError
-from core.images import IMAGE_EXTENSIONS, decoded, open_image, to_rgb
+from core.images import IMAGE_EXTENSIONS, decoded_rgb, open_image
 from core.runtime.transforms import eval_transform
 
 
@@ -86,18 +86,13 @@ class RunnerEncoder:
         self.has_vision, self.has_text = runner.has_vision, runner.has_text
 
     def transform(self, image: Image.Image) -> Image.Image:
-        return decoded(lambda: to_rgb(_loaded(image)))
+        return decoded_rgb(image)
 
     def encode_images(self, items: Sequence[Image.Image]) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.runner.encode_images(list(items)), dtype=np.float32))
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.runner.encode_texts(list(texts)), dtype=np.float32))
-
-
-def _loaded(image: Image.Image) -> Image.Image:
-    image.load()
-    return image
 
 
 def open_encoder(cfg, section: str, device: torch.device | str = "cpu") -> Encoder:

@@ -256,6 +256,24 @@ class EvalConfig(EncoderRunConfig):
     text_file: str | None = opt(None, "Inference prompts, one per line.")
 
 
+@spec
+class InferenceConfig(EvalConfig):
+    """``inference``: the shared fields, plus object embeddings from detections."""
+
+    detections: str | None = opt(
+        None, "Detections to embed (COCO JSON: images, annotations with bbox [x, y, w, h], optional category_id, "
+              "score, instance_id / track_id): each box is cropped and embedded into object_embeddings.h5.",
+        path="file")
+    detections_image_dir: str | None = opt(
+        None, "Folder the detections' file_name values are relative to; unset: the JSON file's folder.", path="dir")
+    crop_margin: float = opt(0.1, "Context around each box: it grows by this share of its width on the left and "
+                                  "right and of its height at the top and bottom.", validator=at_least(0.0))
+    crop_shape: Literal["square", "box"] = opt(
+        "square", "square: grow the crop's shorter side to the longer (no distortion by the model's resize) | "
+                  "box: keep the box's aspect.")
+    min_score: float = opt(0.0, "Leave out detections scoring below this (detections without a score are kept).")
+
+
 PROMPT_TEMPLATES = Rule(lambda v: all(isinstance(t, str) and t.count("{}") == 1 for t in v),
                         'prompts containing "{}" exactly once, where the class name goes')
 
@@ -278,6 +296,12 @@ class EvaluateConfig(EvalConfig):
         [], 'Prompt templates, "{}" standing for the class name (e.g. "a photo of a {}."); a class\'s '
             "text embedding is the normalised mean over templates. Empty: clipcore's default set.",
         validator=PROMPT_TEMPLATES)
+    reid_query: str | None = opt(
+        None, "Re-identification: query objects, an object_embeddings.h5 of `core inference` (boxes with instance "
+              "ids); CMC rank-1/5/10 and mAP go into results.json.", path="file")
+    reid_gallery: str | None = opt(
+        None, "Re-identification gallery (same kind of file); unset: each query against all the other queries.",
+        path="file")
 
 
 # --------------------------------------------------------------------------- linear probe
@@ -389,7 +413,7 @@ class ExperimentConfig:
     dataset: DatasetConfig = section(DatasetConfig, "Data.")
     evaluate: EvaluateConfig = section(
         EvaluateConfig, "Evaluation (retrieval metrics on dataset.val, zero-shot classification).")
-    inference: EvalConfig = section(EvalConfig, "Embedding inference (HDF5 output).")
+    inference: InferenceConfig = section(InferenceConfig, "Embedding inference (HDF5 output).")
     export: ExportConfig = section(ExportConfig, "ONNX export.")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "Inference-engine build (the engine-builder plugin of trt_engine's suffix).")
     linear_probe: LinearProbeConfig = section(

@@ -103,6 +103,12 @@ class _Checker:
             for name, kind in (("image_list_file", "file"), ("caption_dir", "any")):
                 self.exists(f"{key}.{i}.{name}", getattr(entry, name, None), kind)
 
+    def path_fields(self, key: str, values: Any) -> None:
+        """The fields of a section marked as paths (``opt(path=...)``) exist."""
+        for f in attrs.fields(type(values)):
+            if f.metadata.get("path"):
+                self.exists(f"{key}.{f.name}", getattr(values, f.name), f.metadata["path"])
+
     def plugin(self, obj: Any, key: str) -> None:
         """A plugin's own rules (its ``check(cfg)``) and the path fields of its config sections."""
         own_check = getattr(obj, "check", None)
@@ -112,10 +118,7 @@ class _Checker:
             except ClipcoreError as err:
                 self.problem(err.where or key, err.what, err.fix)
         for section in getattr(obj, "config_sections", ()):
-            values = section.of(self.cfg)
-            for f in attrs.fields(section.cls):
-                if f.metadata.get("path"):
-                    self.exists(f"{section.path}.{f.name}", getattr(values, f.name), f.metadata["path"])
+            self.path_fields(section.path, section.of(self.cfg))
 
     def model(self) -> None:
         try:
@@ -198,25 +201,29 @@ class _Checker:
     def evaluate(self) -> None:
         val, ev = self.cfg.dataset.val, self.cfg.evaluate
         self.model()
-        if not val.datasets and ev.classification_dir is None:
+        if not val.datasets and ev.classification_dir is None and ev.reid_query is None:
             self.problem("dataset.val.datasets", "evaluate needs validation data",
                          "add a [[dataset.val.datasets]] table with image_dir (and caption_dir) for "
-                         "retrieval, or set evaluate.classification_dir for zero-shot classification")
+                         "retrieval, or set evaluate.classification_dir for zero-shot classification, or "
+                         "evaluate.reid_query for re-identification")
         if val.datasets:
             self.registered("dataset_formats", val.type, "dataset.val.type")
             self.entries("dataset.val.datasets", val.datasets)
         self.exists("evaluate.classification_dir", ev.classification_dir, "dir")
         self.exists("evaluate.class_names_file", ev.class_names_file, "file")
+        self.path_fields("evaluate", ev)
         self.weights("evaluate", ev)
 
     def inference(self) -> None:
         inf = self.cfg.inference
         self.model()
-        if not inf.datasets and inf.text_file is None:
-            self.problem("inference", "nothing to embed: inference.datasets and inference.text_file are unset",
-                         "add an [[inference.datasets]] table with image_dir, or set inference.text_file")
+        if not inf.datasets and inf.text_file is None and inf.detections is None:
+            self.problem("inference", "nothing to embed: inference.datasets, inference.text_file and "
+                         "inference.detections are unset", "add an [[inference.datasets]] table with image_dir, or "
+                         "set inference.text_file or inference.detections")
         self.entries("inference.datasets", inf.datasets)
         self.exists("inference.text_file", inf.text_file, "file")
+        self.path_fields("inference", inf)
         self.weights("inference", inf)
 
     def linear_probe(self) -> None:
@@ -225,9 +232,7 @@ class _Checker:
         if lp.train_dir is None:
             self.problem("linear_probe.train_dir", "is unset: the probe needs labelled training images",
                          "point it at a folder with one sub-folder of images per class")
-        for f in attrs.fields(type(lp)):
-            if f.metadata.get("path"):
-                self.exists(f"linear_probe.{f.name}", getattr(lp, f.name), f.metadata["path"])
+        self.path_fields("linear_probe", lp)
         self.weights("linear_probe", lp)
 
     def export(self) -> None:

@@ -22,9 +22,9 @@ def formats_only(monkeypatch):
     get_registry.cache_clear()
 
 
-def run(out, fmt="custom", n=24, val=8, seed=0, force=False, domain="all", class_images=0):
+def run(out, fmt="custom", n=24, val=8, seed=0, force=False, domain="all", class_images=0, detection_frames=0):
     demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force, domain=domain,
-                                     class_images=class_images))
+                                     class_images=class_images, detection_frames=detection_frames))
 
 
 def test_class_folders_hold_one_shape_kind_each(tmp_path, formats_only):

@@ -84,7 +84,8 @@ def test_only_texts_and_nothing_to_embed(folders, tmp_path, capsys, color_clip):
     assert main(["inference", "-c", str(spec_for(color_clip, tmp_path, folders, images=()))]) == 0
     assert sorted(p.name for p in (tmp_path / "results" / "inference").iterdir()) == ["text_embeddings.h5"]
     code = main(["inference", "-c", str(spec_for(color_clip, tmp_path, folders, images=(), text=False))])
-    assert code == 2 and "nothing to embed: inference.datasets and inference.text_file are unset" in capsys.readouterr().err
+    assert code == 2 and ("nothing to embed: inference.datasets, inference.text_file and inference.detections "
+                          "are unset") in capsys.readouterr().err
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n")
     code = main(["inference", "-c", str(spec_for(color_clip, tmp_path, folders, images=())), f"inference.text_file={blank}"])
@@ -162,7 +163,7 @@ def test_search_text_and_image_queries(embedded, folders, capsys, monkeypatch, c
 def test_search_bad_input(embedded, tmp_path, capsys):
     h5 = str(embedded / "image_embeddings.h5")
     code = main(["search", "--images", str(embedded / "text_embeddings.h5"), "red"])
-    assert code == 2 and "is not an image embedding file (embedding_type 'text')" in capsys.readouterr().err
+    assert code == 2 and "is not an image or object embedding file (embedding_type 'text')" in capsys.readouterr().err
     code = main(["search", "--images", h5])
     assert code == 2 and "no query given" in capsys.readouterr().err
     code = main(["search", "--images", h5, "red", "--image", str(tmp_path / "missing.png")])
