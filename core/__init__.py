@@ -49,6 +49,8 @@ _HOME = {
     # exporter / engine-builder contracts and the export artifact (sidecar) contract
     "Exporter": "core.exporter", "EngineBuilder": "core.exporter", "Runner": "core.exporter",
     "artifact": "core.artifact",
+    # classifier heads (linear probes, calibrated zero-shot classifiers) exported with the image graph
+    "Classifier": "core.classifier", "ClassifierHead": "core.classifier", "load_classifier": "core.classifier",
     # weights
     "load_model_weights": "core.weights", "load_checkpoint": "core.weights", "init_logit_values": "core.weights",
     "read_weights_file": "core.weights", "load_torch_file": "core.weights", "load_hf": "core.weights",

@@ -5,7 +5,9 @@ An export writes, beside its model file(s):
 - ``<stem>_config.yaml``: TAO's layout (the experiment config, with ``model.init_logit_scale`` /
   ``init_logit_bias`` set to the trained values, log-space scale) plus a ``deploy`` section that
   holds everything a runtime needs (see :data:`DEPLOY_KEYS`), and optionally ``provenance``: where
-  the weights came from (checkpoint, merged LoRA adapters, WiSE-FT α);
+  the weights came from (checkpoint, merged LoRA adapters, WiSE-FT α), and ``classifier``: the
+  classes, scoring, temperature and thresholds of a classifier exported with the image graph
+  (:meth:`core.classifier.Classifier.sidecar`);
 - ``<stem>_tokenizer/``: a Hugging Face tokenizer directory (``tokenizer.json``).
 
 ``<stem>`` is the export's base stem: ``model`` for ``model.onnx`` and for the separate pair

@@ -16,12 +16,15 @@ class Runner(Protocol):
     image paths or PIL images (preprocessed from the sidecars alone) or an already preprocessed
     float32 ``[N, 3, H, W]`` array; ``encode_texts(texts)`` tokenises from the sidecars. Both
     return L2-normalised float32 ``[N, D]`` arrays. ``max_batch`` is the largest batch one call
-    may run (``None``: any).
+    may run (``None``: any). ``logit_scale`` (the multiplier) and ``logit_bias`` (0 without one)
+    are the exported model's.
     """
 
     has_vision: bool
     has_text: bool
     max_batch: int | None
+    logit_scale: float
+    logit_bias: float
 
     def encode_images(self, images: Union[np.ndarray, Sequence[Any]]) -> np.ndarray: ...
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...

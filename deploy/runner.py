@@ -54,6 +54,7 @@ class EmbeddingRunner:
         self.logit_scale = float(self.deploy["logit_scale"]["exp"])  # the multiplier exp(log-space scale)
         self.logit_bias = float(self.deploy["logit_bias"])
         self.embed_dim = int(self.deploy["embed_dim"])
+        self.classifier = self.deploy.get("classifier")  # the sidecar's classifier (export.classifier), if any
 
     # -- the Runner protocol ---------------------------------------------------------------
     @property
@@ -64,24 +65,50 @@ class EmbeddingRunner:
     def encode_images(self, images: np.ndarray | Sequence[str | Path | Image.Image]) -> np.ndarray:
         """L2-normalised ``[N, D]`` float32 embeddings of preprocessed ``[N, 3, H, W]`` float32
         arrays, or of image paths / PIL images preprocessed from the sidecar."""
+        return self._run_images(images, OUTPUTS["vision"], self.embed_dim)
+
+    def classify(self, images: np.ndarray | Sequence[str | Path | Image.Image],
+                 top_k: int | None = None) -> list[list[tuple[str, float]]]:
+        """Per image, ``(class name, probability)`` pairs, most probable first, from the classifier
+        exported with the model (``export.classifier``; calibrated if it was). Softmax: the
+        ``top_k`` classes (all when ``None``). Sigmoid: the classes at or above their calibrated
+        threshold (every class with a probability when it has none), at most ``top_k``."""
+        if not self.classifier:
+            raise ClipcoreError("this export has no classifier", where=str(self.artifacts.config_path),
+                                fix="export with export.classifier set to a probe head or a calibrated classifier")
+        names = self.classifier["class_names"]
+        probs = self._run_images(images, "probabilities", len(names))
+        thresholds = self.classifier.get("thresholds") or [None] * len(names)
+        sigmoid = self.classifier["scoring"] == "sigmoid"
+        out = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")
+            keep = [(names[c], float(row[c])) for c in order
+                    if not sigmoid or thresholds[c] is None or row[c] >= thresholds[c]]
+            out.append(keep[:top_k] if top_k else keep)
+        return out
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised ``[N, D]`` float32 embeddings of texts, tokenised from the sidecars."""
+        tokenize = self.tokenizer
+        texts = list(texts)
+        return self._run_chunks("text", len(texts), lambda s: {INPUT_IDS: tokenize(texts[s])}, OUTPUTS["text"],
+                                self.embed_dim)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _run_images(self, images, output: str, width: int) -> np.ndarray:
         spec = self.deploy["preprocess"]
         if not isinstance(images, np.ndarray):
-            return self._run_chunks("vision", len(images), lambda s: {IMAGE: preprocess_images(images[s], spec)})
+            return self._run_chunks("vision", len(images), lambda s: {IMAGE: preprocess_images(images[s], spec)},
+                                    output, width)
         expected = (3, spec["height"], spec["width"])
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ClipcoreError(f"images have shape {tuple(images.shape)}, the model takes [N, {', '.join(map(str, expected))}]",
                                 where=str(self.artifacts.base),
                                 fix="preprocess images to the exported input size, or pass image paths")
         images = np.ascontiguousarray(images, dtype=np.float32)
-        return self._run_chunks("vision", len(images), lambda s: {IMAGE: images[s]})
+        return self._run_chunks("vision", len(images), lambda s: {IMAGE: images[s]}, output, width)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised ``[N, D]`` float32 embeddings of texts, tokenised from the sidecars."""
-        tokenize = self.tokenizer
-        texts = list(texts)
-        return self._run_chunks("text", len(texts), lambda s: {INPUT_IDS: tokenize(texts[s])})
-
-    # -- internals ---------------------------------------------------------------------------
     @property
     def tokenizer(self) -> SidecarTokenizer:
         if self._tokenizer is None:
@@ -138,13 +165,14 @@ class EmbeddingRunner:
                 out[name] = np.zeros((n, *shape[1:]), dtype=dtype)
         return out
 
-    def _run_chunks(self, modality: str, n: int, make_feeds: Callable[[slice], dict[str, np.ndarray]]) -> np.ndarray:
+    def _run_chunks(self, modality: str, n: int, make_feeds: Callable[[slice], dict[str, np.ndarray]],
+                    output: str, width: int) -> np.ndarray:
         graph = self._graph(self._tower(modality))
         low, high = graph.batch_range
         step = self._batch_size or high or DEFAULT_BATCH
         if high is not None:
             step = min(step, high)
-        result = np.empty((n, self.embed_dim), dtype=np.float32)
+        result = np.empty((n, width), dtype=np.float32)
         for start in range(0, n, step):
             chunk = slice(start, min(start + step, n))
             feeds = make_feeds(chunk)
@@ -152,6 +180,6 @@ class EmbeddingRunner:
             if rows < low:  # pad to the graph's minimum batch (a static batch or a TRT profile)
                 feeds = {k: np.concatenate([v, np.repeat(v[-1:], low - rows, axis=0)]) for k, v in feeds.items()}
             batch = max(rows, low)
-            (emb,) = graph.run(self._feeds(graph, feeds, batch), [OUTPUTS[modality]])
-            result[chunk] = emb[:rows]
+            (values,) = graph.run(self._feeds(graph, feeds, batch), [output])
+            result[chunk] = values[:rows]
         return result

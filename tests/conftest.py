@@ -20,7 +20,7 @@ import sys
 import textwrap
 import types
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -153,6 +153,18 @@ class ColorClip:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", size, self.colors[color]).save(path)
         return path
+
+    def class_folders(self, root: Path, per_class: int, seed: int,
+                      classes: Sequence[str] = ("red", "green", "blue", "yellow")) -> Path:
+        """ImageFolder classes of solid images of each class's colour, shifted by seeded noise (so a
+        classifier has something to learn)."""
+        rng = np.random.default_rng(seed)
+        for name in classes:
+            for i in range(per_class):
+                rgb = np.clip(np.array(self.colors[name]) + rng.integers(-90, 91, size=3), 0, 255)
+                (root / name).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (12, 10), tuple(int(c) for c in rgb)).save(root / name / f"{i:03d}.png")
+        return root
 
     def write_spec(self, path: Path, results_dir: Path, body: str = "", model: str = "color-clip") -> Path:
         """A spec for ``model`` (color-clip needs no weights) writing to ``results_dir``."""

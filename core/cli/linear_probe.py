@@ -15,9 +15,9 @@ and the saved head are those of the first draw.
 
 Writes to ``<results_dir>/linear_probe/``: ``results.json`` (top-1, top-5, mean per-class and
 per-class accuracy of the probe and of the zero-shot classifier on the test split, the λ search,
-the confusion matrix), ``confusion_matrix.png``, and ``probe_head.pt`` (``weight`` ``[C, D]``,
-``bias`` ``[C]``, the class names and where the features came from; loads with
-``torch.load(..., weights_only=True)``).
+the confusion matrix), ``confusion_matrix.png``, and ``probe_head.pt``, a classifier file
+(:mod:`core.classifier`: ``weight`` ``[C, D]``, ``bias`` ``[C]``, the classes, softmax scoring;
+``core calibrate`` calibrates it, ``core export`` with ``export.classifier`` deploys it).
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ from rich.console import Console
 from rich.table import Table
 
 from core.bad_samples import BadSampleLog
+from core.classifier import Classifier
 from core.cli.evaluate import write_results
 from core.cli.launch import run_embedding_action
 from core.errors import ClipcoreError, DataError
-from core.eval.classification import class_folders, class_names, class_text_embeddings
-from core.eval.embed import Encoder, list_images, progress_bar
+from core.eval.classification import class_folders, class_names, class_text_embeddings, labelled_images
+from core.eval.embed import Encoder, progress_bar
 from core.eval.features import cached_image_features
 from core.eval.metrics import score_metrics
-from core.eval.probe import Head, fit_head, k_shot, mean_std, search_lambda, stratified_split, zeroshot_scale
+from core.eval.probe import Head, fit_head, k_shot, mean_std, search_lambda, stratified_split, best_scale
 from core.runtime.distributed import World
 
 RESULTS_FILE, CONFUSION_FILE, HEAD_FILE = "results.json", "confusion_matrix.png", "probe_head.pt"
-HEAD_FORMAT = "clipcore-linear-probe"
 SPLITS = ("train", "val", "test")
 
 
@@ -73,12 +73,13 @@ def class_splits(lp) -> ClassSplits:
         raise DataError(f"{lp.train_dir} has {len(folders)} class folder; a classifier needs at least 2",
                         where="linear_probe.train_dir", fix="add a sub-folder of images for each class")
     index = {f.name: i for i, f in enumerate(folders)}
-    images = {"train": _labelled(folders, index, "linear_probe.train_dir")}
+    images = {"train": labelled_images(folders, index, "linear_probe.train_dir")}
     held_out = [s for s in ("val", "test") if getattr(lp, f"{s}_dir") is None]
     for split in ("val", "test"):
         if split not in held_out:
             key = f"linear_probe.{split}_dir"
-            images[split] = _labelled(class_folders(getattr(lp, f"{split}_dir"), key), index, key)
+            images[split] = labelled_images(class_folders(getattr(lp, f"{split}_dir"), key), index, key,
+                                            known="linear_probe.train_dir")
     if held_out:
         paths, labels = images["train"]
         need = len(held_out) + 1
@@ -94,23 +95,6 @@ def class_splits(lp) -> ClassSplits:
             images[split] = ([paths[i] for i in part], labels[part])
     return ClassSplits(folders, class_names(folders, lp.class_names_file, "linear_probe.class_names_file"),
                        {s: images[s] for s in SPLITS})
-
-
-def _labelled(folders: list[Path], index: dict[str, int], key: str) -> tuple[list[Path], np.ndarray]:
-    paths: list[Path] = []
-    labels: list[int] = []
-    for folder in folders:
-        if folder.name not in index:
-            raise DataError(f"class folder {folder} is not a class of linear_probe.train_dir", where=key,
-                            fix="use the training set's class folders (" + ", ".join(list(index)[:5])
-                                + (", ..." if len(index) > 5 else "") + "), or add the class to train_dir")
-        found = list_images(folder, key=key)
-        if not found:
-            raise DataError(f"class folder {folder} has no images", where=key,
-                            fix="add images (.jpg, .png, ...) to it, or remove the empty folder")
-        paths += found
-        labels += [index[folder.name]] * len(found)
-    return paths, np.asarray(labels, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- the action
@@ -153,7 +137,7 @@ def _probe_and_report(cfg, encoder: Encoder, world: World, out_dir: Path) -> Non
                "features_from_cache": {s: features[s][2] for s in SPLITS}, **results}
     write_results(results, out_dir / RESULTS_FILE)
     plot_confusion(np.asarray(results["confusion"]), data.names, out_dir / CONFUSION_FILE)
-    save_head(head, out_dir / HEAD_FILE, data, lp, cfg, encoder)
+    save_head(head, out_dir / HEAD_FILE, data, encoder)
     print_probe(results, out_dir)
 
 
@@ -174,7 +158,7 @@ def probe(lp, xy: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int
             fit_x, fit_y = train_x[chosen], train_y[chosen]
         anchor = None
         if lp.init == "zeroshot":
-            anchor = zeroshot_scale(fit_x, fit_y, classes) * classes
+            anchor = best_scale(fit_x @ classes.T, fit_y)[0] * classes
         lam, trials = search_lambda((fit_x, fit_y), val, num_classes, anchor=anchor, seed=lp.split_seed,
                                     max_iter=lp.max_iter)
         if draw is None:  # the CLIP protocol: refit on train + validation at the chosen λ
@@ -209,13 +193,12 @@ def _confusion(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -
 
 
 # --------------------------------------------------------------------------- outputs
-def save_head(head: Head, path: Path, data: ClassSplits, lp, cfg, encoder: Encoder) -> Path:
-    """The head as a ``weights_only`` checkpoint, with its classes and its feature source."""
+def save_head(head: Head, path: Path, data: ClassSplits, encoder: Encoder) -> Path:
+    """The head as a classifier file (:mod:`core.classifier`: softmax, not yet calibrated)."""
     from core.runtime.checkpoint import save_atomic
 
-    return save_atomic({"format": HEAD_FORMAT, "weight": head.weight.contiguous(), "bias": head.bias.contiguous(),
-                        "classes": [f.name for f in data.folders], "class_names": data.names,
-                        "model_type": cfg.model.type, "source": dict(encoder.source), "init": lp.init}, path)
+    return save_atomic(Classifier(weight=head.weight, bias=head.bias, classes=[f.name for f in data.folders],
+                                  class_names=data.names, source=encoder.source).state(), path)
 
 
 def plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> Path:

@@ -46,6 +46,9 @@ COMMANDS: dict[str, Command] = {
     "linear-probe": Command("core.cli.linear_probe", "Fit a linear-probe classifier on frozen image embeddings of "
                                                      "class folders (full or k-shot).", action=True,
                             section="linear_probe"),
+    "calibrate": Command("core.cli.calibrate", "Calibrated probabilities for a probe or zero-shot classifier "
+                                               "(temperature, per-class thresholds; ECE before and after).",
+                         action=True),
     "wise-ft": Command("core.cli.wise_ft", "Interpolate starting and fine-tuned weights (WiSE-FT), score each α on "
                                            "the target and guard sets, keep the best within a guard drop."),
 }
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GPU_ACTIONS = ("train", "evaluate", "inference", "linear_probe")  # the actions with a `num_gpus` field
+GPU_ACTIONS = ("train", "evaluate", "inference", "linear_probe", "calibrate")  # the actions with a `num_gpus` field
 
 
 def _add_action_arguments(p: argparse.ArgumentParser, action: str) -> None:

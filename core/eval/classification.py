@@ -53,6 +53,26 @@ def class_names(folders: Sequence[Path], names_file: str | None, key: str = "eva
     return names
 
 
+def labelled_images(folders: Sequence[Path], index: dict[str, int], key: str,
+                    known: str | None = None) -> tuple[list[Path], np.ndarray]:
+    """The images of the class folders ``folders`` and their labels ``index[folder name]``; a
+    folder whose name ``index`` lacks (a class unknown to ``known``), or without images, is an error."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for folder in folders:
+        if folder.name not in index:
+            raise DataError(f"class folder {folder} is not a class of {known or key}", where=key,
+                            fix="use the known class folders (" + ", ".join(list(index)[:5])
+                                + (", ..." if len(index) > 5 else "") + f"), or add the class to {known or key}")
+        found = list_images(folder, key=key)
+        if not found:
+            raise DataError(f"class folder {folder} has no images", where=key,
+                            fix="add images (.jpg, .png, ...) to it, or remove the empty folder")
+        paths += found
+        labels += [index[folder.name]] * len(found)
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
 def class_text_embeddings(encoder: Encoder, names: Sequence[str], templates: Sequence[str], *, world: World,
                           batch_size: int, progress=None) -> torch.Tensor | None:
     """The zero-shot classifier ``[classes, D]``: per class, the normalised mean of its prompts'

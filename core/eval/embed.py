@@ -11,7 +11,9 @@ An **encoder** has:
 - ``tokenizer``: the backbone tokenizer (``None`` for a runner, which tokenises inside);
 - ``encode_images(items)`` / ``encode_texts(texts)``: a list of transformed images / strings to
   a float32 CPU tensor ``[len, D]`` with L2-normalised rows;
-- ``source``: plain values saying where the weights came from (recorded in output files).
+- ``source``: plain values saying where the weights came from (recorded in output files);
+- ``logit_scale`` (the multiplier, ``exp`` of the log-space parameter) and ``logit_bias`` (0 when
+  the model has none): how the model turns cosine similarities into logits.
 
 Sharding: with several processes (``world.size > 1``) each rank embeds one contiguous block of
 the items, every rank running the same number of batches (FSDP-sharded models need that), and
@@ -47,6 +49,8 @@ class Encoder(Protocol):
     has_text: bool
     tokenizer: Any
     source: dict[str, str]
+    logit_scale: float
+    logit_bias: float
 
     def transform(self, image: Image.Image) -> Any: ...
     def encode_images(self, items: Sequence[Any]) -> torch.Tensor: ...
@@ -64,6 +68,8 @@ class ModelEncoder:
         self.tokenizer = model.tokenizer
         self.transform = eval_transform(model.preprocess)
         self.source = {"model_type": model.model_type, **(source or {})}
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        self.logit_bias = 0.0 if model.logit_bias is None else float(model.logit_bias.detach())
 
     @torch.no_grad()  # not inference_mode: an FSDP-sharded training model is encoded too
     def encode_images(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -84,6 +90,7 @@ class RunnerEncoder:
     def __init__(self, runner, *, source: dict[str, str]):
         self.runner, self.source = runner, source
         self.has_vision, self.has_text = runner.has_vision, runner.has_text
+        self.logit_scale, self.logit_bias = float(runner.logit_scale), float(runner.logit_bias)
 
     def transform(self, image: Image.Image) -> Image.Image:
         return decoded_rgb(image)

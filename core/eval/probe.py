@@ -53,20 +53,27 @@ class Trial:
     loss: float
 
 
-def zeroshot_scale(x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, max_iter: int = 100) -> float:
-    """The scale ``τ`` for which ``τ · x @ classes.T`` fits labels ``y`` best (cross-entropy)."""
-    scores = x.double() @ classes.double().T
-    log_tau = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_tau], max_iter=max_iter, line_search_fn="strong_wolfe")
+def best_scale(scores: torch.Tensor, y: torch.Tensor, scoring: str = "softmax", *, shift: bool = False,
+               max_iter: int = 100) -> tuple[float, float]:
+    """The multiplier ``s`` (and with ``shift``, the offset ``b``) for which ``s · scores + b`` fits
+    labels ``y`` best: cross-entropy over classes (``softmax``), or binary cross-entropy of each
+    class against ``y`` (``sigmoid``). The zero-shot scale ``τ`` is ``s`` on cosine scores;
+    temperature scaling is ``T = 1 / s`` on logits (Platt scaling adds ``b`` for sigmoid)."""
+    scores = scores.double()
+    target = F.one_hot(y, scores.shape[1]).double()
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)   # log s, b
+    optimizer = torch.optim.LBFGS([params], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(scores * log_tau.exp(), y)
+        z = scores * params[0].exp() + (params[1] if shift else 0.0)
+        loss = F.cross_entropy(z, y) if scoring == "softmax" else F.binary_cross_entropy_with_logits(z, target)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return float(log_tau.detach().exp())
+    found = params.detach()
+    return float(found[0].exp()), float(found[1]) if shift else 0.0
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, lam: float, *, anchor: torch.Tensor | None = None,

@@ -337,6 +337,29 @@ class LinearProbeConfig(EncoderRunConfig):
                                       "unchanged); unset: <results_dir>/linear_probe/features.")
 
 
+@spec
+class CalibrateConfig(EncoderRunConfig):
+    """``calibrate``: calibrated probabilities for a classifier, fitted on a calibration split."""
+
+    classifier: str | None = opt(
+        None, "Classifier to calibrate: the probe_head.pt of `core linear-probe` (or an earlier calibration); "
+              "unset: the zero-shot classifier of the class prompts.", path="file")
+    val_dir: str | None = opt(None, "Calibration images: one sub-folder per class (ImageFolder; the classifier's "
+                                    "class folder names).", path="dir")
+    test_dir: str | None = opt(None, "Images (same layout) where the calibration is measured; unset: measured on "
+                                     "val_dir itself.", path="dir")
+    scoring: Literal["softmax", "sigmoid"] = opt(
+        "softmax", "softmax: one class per image (temperature scaling) | sigmoid: multi-label, SigLIP-style "
+                   "(temperature, and a per-class threshold for target_precision).")
+    target_precision: float = opt(0.9, "Precision each class's threshold must reach (sigmoid).", validator=FRACTION)
+    bins: int = opt(15, "Probability bins of the ECE and the reliability diagram.", validator=at_least(2))
+    class_names_file: str | None = opt(
+        None, "Class names for the zero-shot classifier, one per line in folder order; unset: folder names.",
+        path="file")
+    templates: list[str] = opt([], 'Prompt templates of the zero-shot classifier ("{}" is the class name); '
+                                   "empty: clipcore's default set.", validator=PROMPT_TEMPLATES)
+
+
 # --------------------------------------------------------------------------- export / engines
 @spec
 class ExportConfig:
@@ -351,6 +374,9 @@ class ExportConfig:
     input_channel: int = opt(3, "Image channels.", validator=at_least(1))
     attention_mask_input: bool = opt(
         True, "Keep TAO's deprecated `attention_mask` graph input (values ignored).")
+    classifier: str | None = opt(
+        None, "A classifier file (`core linear-probe` / `core calibrate`) to export with the image graph: it then "
+              "also outputs logits and probabilities, and the sidecar names the classes.", path="file")
     force: bool = opt(False, "Overwrite existing output files.")
     gpu_id: int = opt(0, "GPU used for export.", validator=at_least(0))
     on_cpu: bool = opt(False, "Export on CPU.")
@@ -418,6 +444,8 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "Inference-engine build (the engine-builder plugin of trt_engine's suffix).")
     linear_probe: LinearProbeConfig = section(
         LinearProbeConfig, "Linear probe on frozen image embeddings (`core linear-probe`).")
+    calibrate: CalibrateConfig = section(
+        CalibrateConfig, "Calibrated classifier probabilities (`core calibrate`).")
     hpo: HpoConfig = section(HpoConfig, "Hyper-parameter search over spec fields (`core hpo`, on Optuna).")
     plugins: dict[str, Any] = field(
         factory=dict, metadata={"help": "Plugin-owned sections, keyed by their dotted path "

@@ -50,6 +50,7 @@ ACTION_SECTIONS = {
     "evaluate": ("model", "evaluate", "dataset"),
     "inference": ("model", "inference"),
     "linear_probe": ("model", "linear_probe", "dataset"),
+    "calibrate": ("model", "calibrate", "dataset"),
     "export": ("model", "export"),
     "gen_trt_engine": ("gen_trt_engine",),
 }

@@ -22,7 +22,8 @@ from core.registry import Registry, get_registry
 from core.spec.problems import Problem, raise_problems
 
 TAO_ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
-ACTIONS = ("train", "evaluate", "inference", "linear_probe", "export", "gen_trt_engine")  # TAO's, and clipcore's own
+ACTIONS = ("train", "evaluate", "inference", "linear_probe", "calibrate", "export",
+           "gen_trt_engine")  # TAO's, and clipcore's own
 
 
 def check(cfg: ExperimentConfig, action: str | Sequence[str], registry: Registry | None = None, *,
@@ -235,6 +236,15 @@ class _Checker:
         self.path_fields("linear_probe", lp)
         self.weights("linear_probe", lp)
 
+    def calibrate(self) -> None:
+        cal = self.cfg.calibrate
+        self.model()
+        if cal.val_dir is None:
+            self.problem("calibrate.val_dir", "is unset: calibration needs labelled images",
+                         "point it at a folder with one sub-folder of images per class")
+        self.path_fields("calibrate", cal)
+        self.weights("calibrate", cal)
+
     def export(self) -> None:
         ex = self.cfg.export
         self.model()
@@ -245,6 +255,7 @@ class _Checker:
         else:
             self.plugin(exporter, "export")
         self.exists("export.checkpoint", ex.checkpoint, "file", made_by="train")
+        self.path_fields("export", ex)
         if ex.onnx_file is not None and not ex.force:
             outputs = [Path(ex.onnx_file)] if ex.encoder_type == "combined" else tower_paths(ex.onnx_file)
             taken = [str(p) for p in outputs if p.exists()]

@@ -26,12 +26,13 @@ import onnx
 import torch
 import yaml
 
-from core import ClipcoreError, ConfigError, artifact
-from exporters.onnx.graphs import GRAPHS
+from core import ClassifierHead, ClipcoreError, ConfigError, artifact, load_classifier
+from exporters.onnx.graphs import CLASSIFIER_OUTPUTS, GRAPHS
 from exporters.onnx.sidecar import config_document, deploy_section
 
 EXTERNAL_DATA_BYTES = 1_900_000_000
 GATE_COSINE = 0.9999
+GATE_PROBABILITY = 1e-4
 BATCH_AXIS = "batch_size"
 DUMMY_TEXTS = ("a photo of a cat", "Two_dogs, running on the beach!")
 
@@ -60,6 +61,8 @@ def export_onnx(model, cfg) -> list[Path]:
 
     base.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
+    classifier = _classifier(model, ec)
+    head = ClassifierHead(classifier).eval() if classifier else None
     with tempfile.TemporaryDirectory(prefix=".export-", dir=base.parent) as tmp:
         staged: dict[Path, Path] = {}
         external: dict[str, str] = {}
@@ -67,16 +70,19 @@ def export_onnx(model, cfg) -> list[Path]:
         for tower, path in files.items():
             work = Path(tmp) / tower
             work.mkdir()
-            proto = trace(model, tower, ec, work / path.name)
+            proto = trace(model, tower, ec, work / path.name, head)
             _record_io(proto, io)
             written = save(proto, Path(tmp) / path.name)
-            check(model, tower, written[0], ec)
+            check(model, tower, written[0], ec, head)
             if len(written) > 1:
                 external[path.name] = written[1].name
             staged.update({w: path.with_name(w.name) for w in written})
         model.tokenizer.save_pretrained(str(Path(tmp) / tokenizer_dir.name))
         staged[Path(tmp) / tokenizer_dir.name] = tokenizer_dir
-        doc = config_document(model, cfg, deploy_section(model, cfg, files, external, io))
+        deploy = deploy_section(model, cfg, files, external, io)
+        if classifier:
+            deploy["classifier"] = classifier.sidecar()
+        doc = config_document(model, cfg, deploy)
         (Path(tmp) / config_path.name).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         staged[Path(tmp) / config_path.name] = config_path
         for src, dst in staged.items():
@@ -87,6 +93,18 @@ def export_onnx(model, cfg) -> list[Path]:
             if path.exists() and path.name not in external.values():
                 path.unlink()  # a stale weights file of an earlier, larger export (overwritten with --force)
     return list(files.values())
+
+
+def _classifier(model, ec):
+    """The classifier of ``export.classifier`` (``None`` when unset), checked against the model."""
+    if not ec.classifier:
+        return None
+    classifier = load_classifier(ec.classifier, key="export.classifier")
+    if classifier.weight.shape[1] != model.embed_dim:
+        raise ConfigError(f"the classifier takes {classifier.weight.shape[1]}-dimensional embeddings, "
+                          f"{model.model_type} makes {model.embed_dim}-dimensional ones", where="export.classifier",
+                          fix="export the classifier with the model (and checkpoint) it was fitted on")
+    return classifier
 
 
 def check_request(model, ec) -> None:
@@ -148,11 +166,12 @@ def _tracing_mode() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def trace(model, tower: str, ec, path: Path) -> onnx.ModelProto:
+def trace(model, tower: str, ec, path: Path, head=None) -> onnx.ModelProto:
     """Trace one graph to ``path`` and return it with TAO's inputs and static shapes fixed up."""
-    graph = GRAPHS[tower](model).eval()
+    graph = GRAPHS[tower](model, head).eval()
     inputs = dummy_inputs(model, tower, export_batch(ec))
-    batched = [*graph.inputs, *(name for name in graph.outputs if name.endswith("_embedding"))]
+    batched = [*graph.inputs, *(name for name in graph.outputs if name.endswith("_embedding")
+                                or name in CLASSIFIER_OUTPUTS)]
     dynamic = {name: {0: BATCH_AXIS} for name in batched}
     with _tracing_mode():
         try:
@@ -167,7 +186,7 @@ def trace(model, tower: str, ec, path: Path) -> onnx.ModelProto:
                                 fix="report this to the backbone plugin (the tower must trace with torch.onnx)") from exc
     proto = onnx.load(str(path))
     _name_outputs(proto, graph.outputs)
-    _fix_io(proto, model, tower, ec)
+    _fix_io(proto, model, tower, ec, head)
     return proto
 
 
@@ -192,13 +211,14 @@ def _dims(proto_value: onnx.ValueInfoProto, dims: list[Any]) -> None:
             dim.dim_value = d
 
 
-def _fix_io(proto: onnx.ModelProto, model, tower: str, ec) -> None:
+def _fix_io(proto: onnx.ModelProto, model, tower: str, ec, head=None) -> None:
     """Set exact static shapes, add the ignored ``attention_mask`` input, record the model type."""
     batch: Any = BATCH_AXIS if ec.batch_size == -1 else ec.batch_size
     length = model.tokenizer.spec.context_length
+    classes = [batch, head.weight.shape[0]] if head is not None else None
     shapes = {"image": [batch, 3, model.preprocess.height, model.preprocess.width], "input_ids": [batch, length],
               "image_embedding": [batch, model.embed_dim], "text_embedding": [batch, model.embed_dim],
-              "logit_scale": [], "logit_bias": []}
+              "logit_scale": [], "logit_bias": [], "logits": classes, "probabilities": classes}
     for value in (*proto.graph.input, *proto.graph.output):
         _dims(value, shapes[value.name])
     names = [i.name for i in proto.graph.input]
@@ -232,22 +252,23 @@ def save(proto: onnx.ModelProto, path: Path, threshold: int | None = None) -> li
     return [path, data]
 
 
-def check(model, tower: str, path: Path, ec) -> None:
+def check(model, tower: str, path: Path, ec, head=None) -> None:
     """``onnx.checker`` (full check), then ONNX Runtime vs PyTorch on the export batch."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ClipcoreError(f"{model.model_type}: the exported {tower} graph is invalid: {str(exc).splitlines()[0]}",
                             where="model.type", fix="report this to the backbone plugin") from None
-    gate(model, tower, path, ec)
+    gate(model, tower, path, ec, head)
 
 
-def gate(model, tower: str, path: Path, ec) -> None:
-    """Refuse an export whose ONNX Runtime output disagrees with PyTorch on the export batch."""
+def gate(model, tower: str, path: Path, ec, head=None) -> None:
+    """Refuse an export whose ONNX Runtime output disagrees with PyTorch on the export batch
+    (embeddings by cosine, a classifier's probabilities by absolute difference)."""
     import onnxruntime as ort
 
     inputs = dummy_inputs(model, tower, export_batch(ec))
-    graph = GRAPHS[tower](model).eval()
+    graph = GRAPHS[tower](model, head).eval()
     with _tracing_mode():
         expected = [t.numpy() for t in graph(*inputs.values())]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -256,6 +277,10 @@ def gate(model, tower: str, path: Path, ec) -> None:
         feeds["attention_mask"] = np.ones_like(feeds["input_ids"])
     got = session.run(list(graph.outputs), feeds)
     for name, want, have in zip(graph.outputs, expected, got):
+        if name == "probabilities" and not np.abs(want - have).max() <= GATE_PROBABILITY:
+            raise ClipcoreError(f"{model.model_type}: ONNX Runtime's classifier probabilities disagree with PyTorch "
+                                f"(max difference {np.abs(want - have).max():.2e} > {GATE_PROBABILITY})",
+                                where="export.classifier", fix="report this as a clipcore bug")
         if "embedding" not in name:
             continue
         cosine = float(np.min(np.sum(want * have, axis=-1) / (np.linalg.norm(want, axis=-1) * np.linalg.norm(have, axis=-1))))

@@ -2,7 +2,8 @@
 
 Every graph also returns ``logit_scale`` (already exponentiated: the multiplier) and
 ``logit_bias`` (0 for models without a bias) as 0-d float32 outputs. Embeddings are
-L2-normalised. The ``attention_mask`` input is not part of the traced graph (every family encodes
+L2-normalised. With a classifier (``export.classifier``), the graphs that take ``image`` also
+return its ``logits`` and ``probabilities`` ``[N, classes]`` (:class:`core.ClassifierHead`). The ``attention_mask`` input is not part of the traced graph (every family encodes
 text without a padding mask, ``TextSpec.mask_policy == "none"``); the exporter adds it afterwards
 as an ignored graph input when asked to.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+CLASSIFIER_OUTPUTS = ("logits", "probabilities")
+
 
 def logit_outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
     scale = model.logit_scale.exp().reshape(())
@@ -20,24 +23,26 @@ def logit_outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class VisionGraph(nn.Module):
-    """``image`` -> ``image_embedding``, ``logit_scale``, ``logit_bias``."""
+    """``image`` -> ``image_embedding``, ``logit_scale``, ``logit_bias`` (and the classifier's outputs)."""
 
-    inputs, outputs = ("image",), ("image_embedding", "logit_scale", "logit_bias")
+    inputs = ("image",)
 
-    def __init__(self, model):
+    def __init__(self, model, head: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.head = model, head
+        self.outputs = ("image_embedding", "logit_scale", "logit_bias") + (CLASSIFIER_OUTPUTS if head else ())
 
     def forward(self, image):
-        return (self.model.encode_image(image, normalize=True), *logit_outputs(self.model))
+        embedding = self.model.encode_image(image, normalize=True)
+        return (embedding, *logit_outputs(self.model), *(self.head(embedding) if self.head else ()))
 
 
 class TextGraph(nn.Module):
-    """``input_ids`` -> ``text_embedding``, ``logit_scale``, ``logit_bias``."""
+    """``input_ids`` -> ``text_embedding``, ``logit_scale``, ``logit_bias`` (a classifier does not apply)."""
 
     inputs, outputs = ("input_ids",), ("text_embedding", "logit_scale", "logit_bias")
 
-    def __init__(self, model):
+    def __init__(self, model, head: nn.Module | None = None):
         super().__init__()
         self.model = model
 
@@ -49,15 +54,17 @@ class CombinedGraph(nn.Module):
     """``image``, ``input_ids`` -> ``image_embedding``, ``text_embedding``, ``logit_scale``, ``logit_bias``."""
 
     inputs = ("image", "input_ids")
-    outputs = ("image_embedding", "text_embedding", "logit_scale", "logit_bias")
 
-    def __init__(self, model):
+    def __init__(self, model, head: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.head = model, head
+        self.outputs = (("image_embedding", "text_embedding", "logit_scale", "logit_bias")
+                        + (CLASSIFIER_OUTPUTS if head else ()))
 
     def forward(self, image, input_ids):
-        return (self.model.encode_image(image, normalize=True), self.model.encode_text(input_ids, normalize=True),
-                *logit_outputs(self.model))
+        embedding = self.model.encode_image(image, normalize=True)
+        return (embedding, self.model.encode_text(input_ids, normalize=True), *logit_outputs(self.model),
+                *(self.head(embedding) if self.head else ()))
 
 
 GRAPHS = {"combined": CombinedGraph, "vision": VisionGraph, "text": TextGraph}

@@ -103,6 +103,7 @@ class ColorRunner:
 
     has_vision = has_text = True
     max_batch = 4
+    logit_scale, logit_bias = 10.0, 0.0
 
     def __init__(self, colors: dict):
         self.colors = colors

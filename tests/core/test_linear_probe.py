@@ -16,7 +16,7 @@ from PIL import Image
 from core.cli.main import main
 from core.eval.metrics import score_metrics
 from core.eval.probe import (COARSE_EXPONENTS, FINEST_STEP, fit_head, k_shot, search_lambda, stratified_split,
-                             zeroshot_scale)
+                             best_scale)
 
 CLASSES = ("red", "green", "blue", "yellow")
 
@@ -54,9 +54,9 @@ def test_a_huge_lambda_keeps_the_anchor():
     assert torch.allclose(head.weight, anchor, atol=1e-3)
 
 
-def test_zeroshot_scale_minimises_the_zero_shot_loss():
+def test_best_scale_minimises_the_zero_shot_loss():
     x, y, centres = blobs(10)
-    tau = zeroshot_scale(x, y, centres)
+    tau, _ = best_scale(x @ centres.T, y)
     loss = lambda t: float(F.cross_entropy(t * x @ centres.T, y))  # noqa: E731
     assert loss(tau) <= min(loss(tau * 0.9), loss(tau * 1.1))
 
@@ -83,7 +83,7 @@ def test_zeroshot_init_beats_a_random_start_with_one_example_per_class():
     for draw in range(4):
         idx = torch.from_numpy(k_shot(y.numpy(), 1, draw))
         accuracy = {}
-        for name, anchor in (("random", None), ("zeroshot", zeroshot_scale(x[idx], y[idx], centres) * centres)):
+        for name, anchor in (("random", None), ("zeroshot", best_scale(x[idx] @ centres.T, y[idx])[0] * centres)):
             lam, _ = search_lambda((x[idx], y[idx]), val, 6, anchor=anchor, max_iter=200)
             head = fit_head(x[idx], y[idx], 6, lam, anchor=anchor, max_iter=200)
             accuracy[name] = float((head.logits(test[0]).argmax(1) == test[1]).float().mean())
@@ -127,18 +127,6 @@ def test_score_metrics_against_enumeration():
 
 
 # --------------------------------------------------------------------------- the action
-def colour_folders(root: Path, color_clip, per_class: int, seed: int, classes=CLASSES) -> Path:
-    """Solid images of each class's colour, shifted by noise (so the probe has something to learn)."""
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        for i in range(per_class):
-            rgb = np.clip(np.array(color_clip.colors[name]) + rng.integers(-90, 91, size=3), 0, 255)
-            path = root / name / f"{i:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (12, 10), tuple(int(c) for c in rgb)).save(path)
-    return root
-
-
 def probe_spec(tmp_path: Path, color_clip, **fields) -> Path:
     body = "\n[linear_probe]\nnum_workers = 0\nbatch_size = 7\nmax_iter = 300\n" + "".join(
         f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
@@ -148,7 +136,7 @@ def probe_spec(tmp_path: Path, color_clip, **fields) -> Path:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, color_clip) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("probe")
-    return colour_folders(root / "train", color_clip, 12, 0), colour_folders(root / "test", color_clip, 6, 1)
+    return color_clip.class_folders(root / "train", 12, 0), color_clip.class_folders(root / "test", 6, 1)
 
 
 def features_of(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,16 +211,16 @@ def test_bad_class_folders(case, message, tmp_path, color_clip, capsys):
     train, test = tmp_path / "train", tmp_path / "test"
     fields = {"train_dir": str(train)}
     if case == "one_class":
-        colour_folders(train, color_clip, 4, 0, classes=("red",))
+        color_clip.class_folders(train, 4, 0, classes=("red",))
     elif case == "empty_class":
-        colour_folders(train, color_clip, 4, 0, classes=("red", "green"))
+        color_clip.class_folders(train, 4, 0, classes=("red", "green"))
         (train / "blue").mkdir()
     elif case == "unknown_test_class":
-        colour_folders(train, color_clip, 4, 0, classes=("red", "green"))
-        colour_folders(test, color_clip, 2, 0, classes=("red", "magenta"))
+        color_clip.class_folders(train, 4, 0, classes=("red", "green"))
+        color_clip.class_folders(test, 2, 0, classes=("red", "magenta"))
         fields["test_dir"] = str(test)
     elif case == "too_small":
-        colour_folders(train, color_clip, 4, 0, classes=("red", "green"))
+        color_clip.class_folders(train, 4, 0, classes=("red", "green"))
         (train / "green" / "000.png").unlink()
         (train / "green" / "001.png").unlink()
     else:

@@ -292,7 +292,8 @@ def runnable(registry, root: Path, *overrides: str) -> ExperimentConfig:
     return load_config(None, [f"dataset.train.datasets.0.image_dir={root / 'train'}",
                               f"dataset.val.datasets.0.image_dir={root / 'val'}",
                               f"inference.datasets.0.image_dir={root / 'infer'}",
-                              f"linear_probe.train_dir={root / 'train'}", *overrides], registry=registry)
+                              f"linear_probe.train_dir={root / 'train'}", f"calibrate.val_dir={root / 'val'}",
+                              *overrides], registry=registry)
 
 
 def check_error(registry, cfg, action, **kw) -> str:
@@ -327,6 +328,9 @@ def test_runnable_config_passes_every_action(registry, data_dirs):
     (["evaluate.classification_dir=/no/classes"], "evaluate",
      "evaluate.classification_dir: folder /no/classes does not exist"),
     (["linear_probe.train_dir=null"], "linear_probe", "linear_probe.train_dir: is unset"),
+    (["calibrate.val_dir=null"], "calibrate", "calibrate.val_dir: is unset"),
+    (["calibrate.classifier=/no/head.pt"], "calibrate", "calibrate.classifier: file /no/head.pt does not exist"),
+    (["export.classifier=/no/head.pt"], "export", "export.classifier: file /no/head.pt does not exist"),
     (["linear_probe.test_dir=/no/test"], "linear_probe", "linear_probe.test_dir: folder /no/test does not exist"),
     (["gen_trt_engine.tensorrt.opt_batch_size=32"], "gen_trt_engine", "min <= opt <= max"),
     ([], "gen_trt_engine", "gen_trt_engine.onnx_file: not set"),
