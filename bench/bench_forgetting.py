@@ -115,8 +115,8 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
     for domain, n in (("general", args.n_general), ("shifted", args.n_shifted)):
         if not (work / domain / "data" / "dataset.toml").is_file():
-            demo_data.run(argparse.Namespace(out=str(work / domain / "data"), format="custom", n=n, val=args.val,
-                                             seed=0, force=True, domain=domain))
+            demo_data.generate(work / domain / "data", n=n, val=args.val, domain=domain, class_images=0,
+                               detection_frames=0, force=True)
     pretrain = demo.write_spec(work / "general", epochs=args.pretrain_epochs, seed=0)
     pretrained = work / "general" / "results" / "train" / "latest.pth"
     if not pretrained.is_file():

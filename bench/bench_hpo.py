@@ -54,8 +54,7 @@ def write_specs(work: Path, n: int, epochs: int) -> Path:
     from core.cli import demo, demo_data
 
     if not (work / "data" / "dataset.toml").is_file():
-        demo_data.run(argparse.Namespace(out=str(work / "data"), format="custom", n=n, val=500, seed=0,
-                                         force=True, domain="all"))
+        demo_data.generate(work / "data", n=n, val=500, class_images=0, detection_frames=0, force=True)
     return demo.write_spec(work, epochs=epochs, seed=0)
 
 

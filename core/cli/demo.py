@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> None:
                                 fix="pass --force to replace it, or choose another output folder")
         shutil.rmtree(out / "results", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    demo_data.run(argparse.Namespace(out=str(out / "data"), format="custom", n=args.n, val=args.val, domain="all",
-                                     seed=args.seed, class_images=demo_data.CLASS_IMAGES,
-                                     detection_frames=demo_data.DETECTION_FRAMES, force=True))
+    demo_data.generate(out / "data", n=args.n, val=args.val, seed=args.seed, force=True)
     path = write_spec(out, epochs=args.epochs, seed=args.seed)
     cfg = spec.load_config(path)
     spec.check(cfg, "train")

@@ -49,7 +49,7 @@ from core.errors import ClipcoreError
 SIZE = 64
 SUPERSAMPLE = 4
 CAPTIONS_PER_IMAGE = 4
-CLASS_IMAGES = 30  # class-folder training images per class (half as many for testing)
+CLASS_IMAGES = 100  # class-folder training images per class (half as many for testing)
 DETECTION_FRAMES = 60
 
 COLOURS = {
@@ -297,44 +297,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    generate(Path(args.out), fmt=args.format, n=args.n, val=args.val, seed=args.seed, domain=args.domain,
+             class_images=args.class_images, detection_frames=args.detection_frames, force=args.force)
+
+
+def generate(out: Path, *, fmt: str = "custom", n: int = 5000, val: int = 500, seed: int = 0, domain: str = "all",
+             class_images: int = CLASS_IMAGES, detection_frames: int = DETECTION_FRAMES, force: bool = False) -> None:
+    """Write the demo data to ``out`` (the layout of the module doc); ``fmt`` is the training format."""
     from rich.console import Console
 
     from core.registry import get_registry
 
     registry = get_registry()
-    fmt = registry.get("dataset_formats", args.format, key="--format")
+    fmt_name, fmt = fmt, registry.get("dataset_formats", fmt, key="--format")
     if fmt.write is None:
-        raise ClipcoreError(f"dataset format {args.format!r} cannot write data", where="--format",
+        raise ClipcoreError(f"dataset format {fmt_name!r} cannot write data", where="--format",
                             fix="choose a format that can: " + ", ".join(_writers(registry)))
     val_format = fmt if fmt.retrieval is not None else _retrieval_writer(registry)
-    if args.n < 1 or args.val < 1 or args.class_images < 0 or args.detection_frames < 0:
+    if n < 1 or val < 1 or class_images < 0 or detection_frames < 0:
         raise ClipcoreError("--n and --val must be at least 1, --class-images and --detection-frames at least 0",
                             where="core demo-data")
-    out = Path(args.out)
     for part in ("train", "val", "classes", "detections"):
         if (out / part).exists():
-            if not args.force:
+            if not force:
                 raise ClipcoreError(f"{out / part} already exists", where="core demo-data",
                                     fix="choose another OUT, or pass --force to replace it")
             shutil.rmtree(out / part)
-    train = _generate(args.seed, "train", args.n, args.domain)
-    val = _generate(args.seed, "val", args.val, args.domain)
+    train = _generate(seed, "train", n, domain)
+    val_samples = _generate(seed, "val", val, domain)
     console = Console(stderr=True)
     with console.status("writing files"):
         cfg = fmt.write(out / "train", train, load_config(None))
-        cfg.dataset.val = val_format.write(out / "val", val, load_config(None)).dataset.val
-        classes = write_classes(out / "classes", args.seed, args.class_images, args.domain) if args.class_images else 0
-        boxes = (write_detections(out / "detections", args.seed, args.detection_frames, args.domain)
-                 if args.detection_frames else 0)
+        cfg.dataset.val = val_format.write(out / "val", val_samples, load_config(None)).dataset.val
+        classes = write_classes(out / "classes", seed, class_images, domain) if class_images else 0
+        boxes = write_detections(out / "detections", seed, detection_frames, domain) if detection_frames else 0
     section = dataset_section(cfg, load_config(None))
     (out / "dataset.toml").write_text(tomli_w.dumps(section), encoding="utf-8")
-    console.print(f"wrote {args.n} training and {args.val} validation pairs ({args.format}) to {out}; "
+    console.print(f"wrote {n} training and {val} validation pairs ({fmt_name}) to {out}; "
                   f"the dataset section that reads them is in {out / 'dataset.toml'}", markup=False)
     if classes:
         console.print(f"wrote {classes} class-folder images ({len(SHAPES)} shape classes) to {out / 'classes'}",
                       markup=False)
     if boxes:
-        console.print(f"wrote {args.detection_frames} detection frames with {boxes} boxes of {INSTANCES} objects to "
+        console.print(f"wrote {detection_frames} detection frames with {boxes} boxes of {INSTANCES} objects to "
                       f"{out / 'detections'}", markup=False)
 
 

@@ -25,7 +25,7 @@ def relaunch(cfg: Any, args: argparse.Namespace, action: str, *, logs: Path | No
     """Run ``core <action>`` (same spec, same overrides) under torchrun with the section's process
     count; raise one error naming the worker failure (``logs``: where per-rank logs are)."""
     section = getattr(cfg, action)
-    worker = WORKERS.get(action, ["-m", "core.cli.main", args.command])
+    worker = WORKERS[action] if action in WORKERS else ["-m", "core.cli.main", args.command]
     worker = worker + (["--config", args.config] if args.config else []) + action_overrides(args, action)
     cmd = torchrun_command(section, worker)
     status = run_torchrun(cmd, env=_visible_gpus(section))

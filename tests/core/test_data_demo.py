@@ -1,11 +1,12 @@
 """`core demo-data`: deterministic shape scenes whose captions describe every shape, written in
 both formats and read back through them."""
 
-import argparse
+import json
 import tomllib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core import spec
 from core.cli import demo_data
@@ -22,9 +23,9 @@ def formats_only(monkeypatch):
     get_registry.cache_clear()
 
 
-def run(out, fmt="custom", n=24, val=8, seed=0, force=False, domain="all", class_images=0, detection_frames=0):
-    demo_data.run(argparse.Namespace(out=str(out), format=fmt, n=n, val=val, seed=seed, force=force, domain=domain,
-                                     class_images=class_images, detection_frames=detection_frames))
+def run(out, fmt="custom", n=24, val=8, class_images=0, detection_frames=0, **options):
+    demo_data.generate(out, fmt=fmt, n=n, val=val, class_images=class_images, detection_frames=detection_frames,
+                       **options)
 
 
 def test_class_folders_hold_one_shape_kind_each(tmp_path, formats_only):
@@ -36,6 +37,28 @@ def test_class_folders_hold_one_shape_kind_each(tmp_path, formats_only):
     assert demo_data.class_image(0, "train", 7) == demo_data.class_image(0, "train", 7)
     assert demo_data.class_image(0, "train", 7)[0] == demo_data.SHAPES[7 % 6]
     assert demo_data.class_image(0, "train", 7) != demo_data.class_image(0, "test", 7)
+
+
+def test_detection_frames_are_coco_with_instances_and_cameras(tmp_path, formats_only):
+    from core.eval.detections import read_detections
+
+    run(tmp_path / "demo", detection_frames=6)
+    root = tmp_path / "demo" / "detections"
+    coco = json.loads((root / "detections.json").read_text())
+    assert len(coco["images"]) == 6 and len(list((root / "frames").glob("*.png"))) == 6
+    assert {c["name"] for c in coco["categories"]} == set(demo_data.SHAPES)
+    boxes = coco["annotations"]
+    assert all(3 <= sum(b["image_id"] == i for b in boxes) <= 5 for i in range(6))
+    assert {b["instance_id"] for b in boxes} <= set(range(demo_data.INSTANCES))
+    for box in boxes:  # each box lies in its frame and holds the shape's colour, not just background
+        x, y, w, h = box["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= demo_data.FRAME_SIZE and y + h <= demo_data.FRAME_SIZE
+    frame = np.asarray(Image.open(root / coco["images"][0]["file_name"]).convert("RGB"), dtype=float)
+    x, y, w, h = (round(v) for v in boxes[0]["bbox"])
+    assert frame[y:y + h, x:x + w].std() > frame[:4, :4].std()
+    read = read_detections(str(root / "detections.json"), str(root))  # the inference reader takes it whole
+    assert len(read.boxes) == len(boxes) and not read.skipped
+    assert demo_data.detection_frame(0, 2) == demo_data.detection_frame(0, 2)
 
 
 def test_samples_are_a_function_of_the_seed():
