@@ -37,6 +37,7 @@ from core.eval.classification import class_folders, class_names, class_text_embe
 from core.eval.embed import Encoder, progress_bar
 from core.eval.features import cached_image_features
 from core.eval.metrics import score_metrics
+from core.plots import png
 from core.runtime.checkpoint import save_atomic
 from core.runtime.distributed import World
 
@@ -134,24 +135,15 @@ def calibrate(classifier: Classifier, xy: dict[str, tuple[torch.Tensor, torch.Te
 
 def plot_reliability(curves: dict[str, Reliability], path: Path, scoring: str) -> Path:
     """The reliability diagram: observed accuracy against confidence per bin, before and after."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
-    for name, curve in curves.items():
-        filled = curve.count > 0
-        ax.plot(curve.confidence[filled], curve.accuracy[filled], marker="o", label=f"{name} (ECE {curve.ece:.3f})")
-    what = "top-class probability" if scoring == "softmax" else "class probability"
-    ax.set(xlabel=what, ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
-           title=f"reliability ({scoring})")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with png(path, figsize=(5.5, 5)) as (_, ax):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+        for name, curve in curves.items():
+            filled = curve.count > 0
+            ax.plot(curve.confidence[filled], curve.accuracy[filled], marker="o",
+                    label=f"{name} (ECE {curve.ece:.3f})")
+        what = "top-class probability" if scoring == "softmax" else "class probability"
+        ax.set(xlabel=what, ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"reliability ({scoring})")
+        ax.legend(loc="upper left")
     return path
 
 

@@ -41,6 +41,7 @@ from core.eval.embed import Encoder, progress_bar
 from core.eval.features import cached_image_features
 from core.eval.metrics import score_metrics
 from core.eval.probe import Head, fit_head, k_shot, mean_std, search_lambda, stratified_split, best_scale
+from core.plots import png
 from core.runtime.distributed import World
 
 RESULTS_FILE, CONFUSION_FILE, HEAD_FILE = "results.json", "confusion_matrix.png", "probe_head.pt"
@@ -204,30 +205,21 @@ def save_head(head: Head, path: Path, data: ClassSplits, encoder: Encoder) -> Pa
 def plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> Path:
     """The confusion matrix as a PNG: rows the true class, columns the predicted one, each row
     normalised to the share of its images (counts written in the cells up to 30 classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(names)
     shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     side = min(4 + 0.4 * n, 24)
-    fig, ax = plt.subplots(figsize=(side, side))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
-    if n <= 60:
-        ax.set_xticks(range(n), names, rotation=90)
-        ax.set_yticks(range(n), names)
-    if n <= 30:
-        for (i, j), count in np.ndenumerate(confusion):
-            if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                        color="white" if shares[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title="linear probe: confusion on the test split")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with png(path, figsize=(side, side)) as (fig, ax):
+        image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+        if n <= 60:
+            ax.set_xticks(range(n), names, rotation=90)
+            ax.set_yticks(range(n), names)
+        if n <= 30:
+            for (i, j), count in np.ndenumerate(confusion):
+                if count:
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                            color="white" if shares[i, j] > 0.5 else "black")
+        ax.set(xlabel="predicted", ylabel="true", title="linear probe: confusion on the test split")
     return path
 
 

@@ -133,23 +133,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _plot(rows: Sequence[dict[str, Any]], target: str, guard: str | None, chosen: float, path: Path) -> Path:
-    import matplotlib
+    from core.plots import png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
     xs = [r["metrics"][guard] if guard else r["alpha"] for r in rows]
     ys = [r["metrics"][target] for r in rows]
-    ax.plot(xs, ys, "o-")
-    for x, y, row in zip(xs, ys, rows):
-        ax.annotate(f"{row['alpha']:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
-                    weight="bold" if row["alpha"] == chosen else "normal")
-    ax.set_xlabel(guard or "α")
-    ax.set_ylabel(target)
-    ax.set_title("WiSE-FT: one point per α")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png(path, figsize=(5, 4), dpi=120) as (_, ax):
+        ax.plot(xs, ys, "o-")
+        for x, y, row in zip(xs, ys, rows):
+            ax.annotate(f"{row['alpha']:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
+                        weight="bold" if row["alpha"] == chosen else "normal")
+        ax.set(xlabel=guard or "α", ylabel=target, title="WiSE-FT: one point per α")
     return path

@@ -13,6 +13,8 @@ from typing import Any
 import tomli_w
 
 from core.hpo.space import override
+from core.hpo.study import best_trial
+from core.plots import pyplot, save
 from core.runtime.checkpoint import write_text_atomic
 from core.spec.load import load_spec
 
@@ -60,10 +62,8 @@ def table(study: Any, metric: str) -> Any:
 
 
 def _best_number(study: Any) -> int | None:
-    try:
-        return study.best_trial.number
-    except ValueError:
-        return None
+    best = best_trial(study)
+    return None if best is None else best.number
 
 
 def _fmt(value: Any) -> str:
@@ -94,10 +94,7 @@ def write_best_spec(spec: Path, base_overrides: list[str], best: Any, path: Path
 
 def plot(study: Any, out: Path) -> list[Path]:
     """``history.png`` and, with two finished trials or more, ``importances.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # before Optuna's views import pyplot
     import optuna
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as views
@@ -119,8 +116,6 @@ def plot(study: Any, out: Path) -> list[Path]:
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(8, 5)
-        figure.tight_layout()
-        figure.savefig(out / name, dpi=100)
+        written.append(save(figure, out / name))
         plt.close(figure)
-        written.append(out / name)
     return written

@@ -130,10 +130,11 @@ def run(search: Search) -> Any:
     def tidy(study: Any, _: Any) -> None:
         with search.lock:
             if not hpo.keep_checkpoints:
-                keep = _best_dir(search)
-                for folder in search.out.glob("trial_*"):
-                    if folder != keep and _finished(study, folder):
-                        trials.remove_checkpoints(folder)
+                now = study.get_trials(deepcopy=False)
+                best = studies.best_trial(study, now)
+                for trial in now:
+                    if trial is not best and trial.state.is_finished():
+                        trials.remove_checkpoints(search.out / f"trial_{trial.number:04d}")
 
     todo = remaining(search.study, hpo.n_trials)
     if todo:  # other workers may share the study: stop once it holds n_trials, whoever ran them
@@ -144,27 +145,14 @@ def run(search: Search) -> Any:
     return search.study
 
 
-def _finished(study: Any, folder: Path) -> bool:
-    number = int(folder.name.split("_")[1])
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    return trial is not None and trial.state.is_finished()
-
-
-def _best_dir(search: Search) -> Path | None:
-    try:
-        return search.out / f"trial_{search.study.best_trial.number:04d}"
-    except ValueError:
-        return None
-
-
 def finish(search: Search) -> None:
     """``trials.csv``, ``best.toml`` and the plots; an error when no trial finished."""
     study = search.study
     report.write_csv(study, search.out / "trials.csv")
-    best = _best_dir(search)
+    best = studies.best_trial(study)
     if best is None:
         detail = f"; the first failure: {search.failures[0]}" if search.failures else ""
         raise ClipcoreError(f"no trial of study {search.hpo.study_name!r} finished{detail}", where="core hpo",
                             fix="see the trials' trial.log files in " + str(search.out))
-    report.write_best_spec(search.spec, search.overrides, study.best_trial, search.out / "best.toml")
+    report.write_best_spec(search.spec, search.overrides, best, search.out / "best.toml")
     report.plot(study, search.out)

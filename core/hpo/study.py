@@ -106,6 +106,20 @@ def open_study(hpo: Any, out: Path, *, continue_it: bool = True) -> Any:
     return study
 
 
+def best_trial(study: Any, trials: list[Any] | None = None) -> Any | None:
+    """The best completed trial of ``trials`` (default: one read of the study), lowest number on a
+    tie; ``None`` before any trial completed. One read keeps a check of which trials are finished
+    and which is best consistent while other threads report."""
+    from optuna.trial import TrialState
+
+    done = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
+            if t.state == TrialState.COMPLETE]
+    if not done:
+        return None
+    sign = 1 if study.direction.name == "MAXIMIZE" else -1
+    return max(done, key=lambda t: (sign * t.value, -t.number))
+
+
 def _alive(worker: str) -> bool:
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname():

@@ -157,33 +157,25 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_curves(metrics_path: Path, png_path: Path) -> Path:
     """``training_curves.png``: training loss, learning rates, and validation metrics by step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.plots import png
 
     records = read_metrics(metrics_path)
     train = [r for r in records if "train/loss" in r]
     val = [r for r in records if any(k.startswith("val/") for k in r)]
     val_keys = [k for k in ("val/t2i_R@1", "val/i2t_R@1", "val/t2i_R@5", "val/i2t_R@5", "val/t2i_mAP", "val/i2t_mAP")
                 if any(k in r for r in val)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot([r["step"] for r in train], [r["train/loss"] for r in train])
-    axes[0].set(title="training loss", xlabel="step")
-    for key in sorted({k for r in train for k in r if k.startswith("train/lr")}):
-        axes[1].plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r],
-                     label=key.removeprefix("train/lr/"))
-    axes[1].set(title="learning rate", xlabel="step")
-    if axes[1].lines:
-        axes[1].legend()
-    for key in val_keys:
-        points = [(r["step"], r[key]) for r in val if key in r and math.isfinite(r[key])]
-        axes[2].plot([s for s, _ in points], [v for _, v in points], marker="o", label=key.removeprefix("val/"))
-    axes[2].set(title="validation", xlabel="step")
-    if axes[2].lines:
-        axes[2].legend()
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    with png(png_path, figsize=(15, 4), ncols=3) as (_, axes):
+        axes[0].plot([r["step"] for r in train], [r["train/loss"] for r in train])
+        axes[0].set(title="training loss", xlabel="step")
+        for key in sorted({k for r in train for k in r if k.startswith("train/lr")}):
+            axes[1].plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r],
+                         label=key.removeprefix("train/lr/"))
+        axes[1].set(title="learning rate", xlabel="step")
+        for key in val_keys:
+            points = [(r["step"], r[key]) for r in val if key in r and math.isfinite(r[key])]
+            axes[2].plot([s for s, _ in points], [v for _, v in points], marker="o", label=key.removeprefix("val/"))
+        axes[2].set(title="validation", xlabel="step")
+        for ax in axes[1:]:
+            if ax.lines:
+                ax.legend()
     return png_path
