@@ -113,25 +113,25 @@ def print_results(results: dict[str, Any], path: Path | None = None, console: Co
         console.print(table)
     cls = results.get("classification")
     if cls:
-        table = Table(title=f"zero-shot classification: {cls['num_images']} images, {cls['num_classes']} classes",
-                      min_width=44)
-        table.add_column("metric")
-        table.add_column("accuracy", justify="right")
-        for key in ("top1", "top5", "mean_per_class"):
-            if key in cls:
-                table.add_row(key, _fmt(cls[key]))
-        console.print(table)
+        console.print(_metric_table(f"zero-shot classification: {cls['num_images']} images, {cls['num_classes']} "
+                                    "classes", "accuracy", cls, ("top1", "top5", "mean_per_class")))
     reid = results.get("reid")
     if reid:
-        table = Table(title=f"re-identification: {reid['queries']} queries, {reid['gallery_objects']} gallery objects",
-                      min_width=44)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key in (*(f"rank-{k}" for k in REID_KS), "mAP"):
-            table.add_row(key, _fmt(reid[key]))
-        console.print(table)
+        console.print(_metric_table(f"re-identification: {reid['queries']} queries, {reid['gallery_objects']} "
+                                    "gallery objects", "value", reid, (*(f"rank-{k}" for k in REID_KS), "mAP")))
     if path is not None:
         console.print(f"results: {path}")
+
+
+def _metric_table(title: str, header: str, values: dict[str, Any], keys: tuple[str, ...]) -> Table:
+    """Two columns: each of ``keys`` that ``values`` holds, and its value."""
+    table = Table(title=title, min_width=44)
+    table.add_column("metric")
+    table.add_column(header, justify="right")
+    for key in keys:
+        if key in values:
+            table.add_row(key, _fmt(values[key]))
+    return table
 
 
 def _fmt(value: Any) -> str:
