@@ -51,6 +51,9 @@ _HOME = {
     "artifact": "core.artifact",
     # classifier heads (linear probes, calibrated zero-shot classifiers) exported with the image graph
     "Classifier": "core.classifier", "ClassifierHead": "core.classifier", "load_classifier": "core.classifier",
+    # experiment-logger contract and the metrics.jsonl run record
+    "LoggerSpec": "core.tracking", "Run": "core.tracking", "Tracker": "core.tracking",
+    "METRICS_FILE": "core.tracking", "metrics_line": "core.tracking", "read_metrics": "core.tracking",
     # weights
     "load_model_weights": "core.weights", "load_checkpoint": "core.weights", "init_logit_values": "core.weights",
     "read_weights_file": "core.weights", "load_torch_file": "core.weights", "load_hf": "core.weights",

@@ -1,5 +1,5 @@
-"""Hook specifications: how a plugin adds backbones, losses, dataset formats, exporters and
-engine builders to clipcore.
+"""Hook specifications: how a plugin adds backbones, losses, dataset formats, exporters, engine
+builders and experiment loggers to clipcore.
 
 A plugin is a module exposed through the ``clipcore.plugins`` entry-point group::
 
@@ -87,4 +87,15 @@ def register_engine_builders(register):
     :param register: call ``register(builder)`` with a :class:`core.exporter.EngineBuilder`. ``core
         gen_trt_engine`` uses it; ``unavailable()`` must explain, not crash, when its library or
         hardware is missing.
+    """
+
+
+@hookspec
+def register_loggers(register):
+    """Register experiment loggers (trackers).
+
+    :param register: call ``register(logger)`` with a :class:`core.tracking.LoggerSpec`; its
+        ``name`` is a valid entry of ``train.loggers``. What a logger receives, and when, is
+        specified in :mod:`core.tracking`; only rank 0 opens loggers, and one that raises is
+        dropped with a warning (it never stops training).
     """

@@ -27,6 +27,7 @@ from core.data import DatasetFormat
 from core.errors import PluginError
 from core.exporter import EngineBuilder, Exporter
 from core.loss import LossSpec
+from core.tracking import LoggerSpec
 
 GROUP = "clipcore.plugins"
 BUILTIN_DISTRIBUTION = "clipcore"
@@ -87,6 +88,7 @@ KINDS = {
     "dataset_formats": Kind("register_dataset_formats", DatasetFormat, "dataset format"),
     "exporters": Kind("register_exporters", Exporter, "exporter"),
     "engine_builders": Kind("register_engine_builders", EngineBuilder, "engine builder"),
+    "loggers": Kind("register_loggers", LoggerSpec, "logger"),
 }
 
 
@@ -193,7 +195,7 @@ class Registry:
                               where=f"plugin {provider.plugin!r}", fix="give it a non-empty `name`")
         for field in attrs.fields(spec.cls):
             value = getattr(obj, field.name)
-            if field.name in ("build", "tiny", "export", "unavailable") and not callable(value):
+            if field.name in ("build", "tiny", "export", "unavailable", "open") and not callable(value):
                 raise PluginError(f"{spec.label} {name!r}: `{field.name}` is not callable",
                                   where=f"plugin {provider.plugin!r}", fix=f"pass a function as {field.name}")
         for section in getattr(obj, "config_sections", ()):

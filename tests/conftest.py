@@ -101,7 +101,7 @@ TINY_RUN = ["model.type=example-tiny", "model.pretrained=false", "model.image_si
 class Training:
     """The training tests' plugins (installed under ``root``) and tiny runs on them."""
 
-    PLUGINS = "example_backbone,siglip_loss,clip_loss,synthetic_data,nan_loss"
+    PLUGINS = "example_backbone,siglip_loss,clip_loss,synthetic_data,nan_loss,tensorboard"
 
     def __init__(self, root: Path):
         self.root = root

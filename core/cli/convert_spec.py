@@ -1,7 +1,7 @@
 """Convert a TAO CLIP YAML experiment spec to clip.toml. Every value is kept (a null becomes an
-unset key); TAO keys that have no effect in clipcore (wandb, encryption_key, peft,
-regularization, TAO 7.1-era options) are dropped and listed, with the reason, at the top of the
-output; TAO's legacy key names are renamed."""
+unset key); TAO keys that have no effect in clipcore (encryption_key, TAO 7.1-era options) are
+dropped and listed, with the reason, at the top of the output; TAO's legacy key names are renamed,
+and its W&B table becomes the W&B logger's table under ``train``."""
 
 from __future__ import annotations
 

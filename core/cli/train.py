@@ -4,7 +4,8 @@
 ``core train`` trains in this process, or launches torchrun itself for ``train.num_gpus`` ×
 ``train.num_nodes`` > 1 processes. Outputs go to ``<results_dir>/train``: checkpoints
 (``epoch_N.pth`` / ``step_N.pth``, ``latest.pth``, ``best.pth``), ``config.toml`` (the resolved
-spec), ``metrics.jsonl``, TensorBoard events, ``logs/rank<r>.log`` and ``training_curves.png``.
+spec), ``metrics.jsonl``, what the loggers of ``train.loggers`` write, ``logs/rank<r>.log`` and
+``training_curves.png``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ construction and on assignment, raising :class:`InvalidValue`); a field without 
 required. Loading, overrides and error messages live in ``core.spec.load``; this module only declares
 the schema.
 
-Fields TAO declares that clipcore does not implement (``wandb``, ``encryption_key``) are left out:
-clipcore has no inert keys.
+Fields TAO declares that clipcore does not implement (``encryption_key``) are left out: clipcore
+has no inert keys. TAO's W&B table belongs to the W&B logger plugin (``train.<its name>``).
 """
 
 from __future__ import annotations
@@ -172,6 +172,8 @@ class TrainConfig:
         None, "With dataset.reference: a checkpoint is `best` only while reference_metric stays within this drop "
               "of its value before training (e.g. 0.01 = one point).", validator=at_least(0))
     log_every_n_steps: int = opt(10, "Log training metrics every N steps.", validator=at_least(1))
+    loggers: list[str] | None = opt(None, "Experiment loggers, rank 0 only (`core plugins` lists them); unset: "
+                                          "those on by default. metrics.jsonl is always written.")
     results_dir: str | None = opt(None, "Output folder of this action; unset: <results_dir>/train.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
 

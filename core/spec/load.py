@@ -125,7 +125,7 @@ def get_spec(action: str | None = None, registry: Registry | None = None) -> str
 def convert_tao_spec(yaml_path: str | os.PathLike, registry: Registry | None = None) -> str:
     """clip.toml text equivalent to a TAO YAML experiment spec. Every value is kept; TAO keys with no
     effect in clipcore are dropped and listed (with the reason) in a comment on top."""
-    translation = translate(read_tao_spec(yaml_path))
+    translation = translate(read_tao_spec(yaml_path), registry or get_registry())
     sections = _plugin_sections(registry)
     cfg = structure(translation.data, sections, source=f"{yaml_path} (TAO spec)")
     header = [f"# Converted from the TAO experiment spec {Path(yaml_path).name} by `core convert-spec`."]
@@ -415,6 +415,10 @@ def _unknown_key(key: str, path: str, table: Table, sections: dict[str, type]) -
     if inert:
         return Problem(path, f"unknown key {key!r} (a TAO key with no effect in clipcore: {inert})",
                        f"remove it. {listing}")
+    owners = [p for p in sections if p.rpartition(".")[2] == key and p.rpartition(".")[0] != table.path]
+    if owners:
+        return Problem(path, f"unknown key {key!r} in {table.label}",
+                       f"{key} is the table [{owners[0]}]: write its keys under that header. {listing}")
     homes = [t.label for t in key_locations(key, sections) if t.path != table.path]
     if homes:
         return Problem(path, f"unknown key {key!r} in {table.label}",

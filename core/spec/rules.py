@@ -19,6 +19,7 @@ from core.spec.config import EvalConfig, ExperimentConfig
 from core.artifact import ENGINE_SUFFIX, EXPORT_SUFFIX, tower_paths
 from core.errors import ClipcoreError, ConfigError
 from core.registry import Registry, get_registry
+from core.tracking import logger_names
 from core.spec.problems import Problem, raise_problems
 
 TAO_ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
@@ -171,6 +172,10 @@ class _Checker:
         loss = self.registered("losses", t.loss_type, "train.loss_type")
         if loss is not None:
             self.plugin(loss, "train")
+        for name in logger_names(cfg, self.registry):
+            logger = self.registered("loggers", name, "train.loggers")
+            if logger is not None:
+                self.plugin(logger, "train.loggers")
         data = cfg.dataset.train
         fmt = self.registered("dataset_formats", data.type, "dataset.train.type")
         if fmt is not None:

@@ -17,6 +17,7 @@ import attrs
 import yaml
 
 from core.errors import ConfigError
+from core.spec.config import ExperimentConfig
 from core.spec.render import format_value
 from core.spec.schema import accepts_str, default_of, field_at, fits, type_at
 
@@ -24,7 +25,6 @@ from core.spec.schema import accepts_str, default_of, field_at, fits, type_at
 # of TAO keys that do nothing in clipcore, with the reason given to the user.
 _TAO_71 = "a TAO 7.1-era option that clipcore does not implement"
 INERT: dict[str, str] = {
-    "wandb": "Weights & Biases logging is not built in; clipcore logs to TensorBoard",
     "encryption_key": "clipcore writes plain checkpoints and ONNX files (no TAO model encryption)",
     "train.siglip_loss_dist_impl": "clipcore's loss picks its distributed implementation itself",
     "train.siglip_loss_mask_mode": _TAO_71,
@@ -45,6 +45,9 @@ RENAMED: dict[str, str] = {
     "dataset.augmentation.grayscale_prob": "dataset.augmentation.grayscale",
     "dataset.augmentation.gray_scale_prob": "dataset.augmentation.grayscale",
 }
+
+#: TAO's top-level W&B table: the W&B logger plugin takes it under ``train`` with the same name.
+TAO_WB = "wandb"
 
 #: Defaults that differ between TAO and clipcore: dotted key -> what to tell a user who left it unset.
 TAO_DEFAULTS: dict[str, str] = {
@@ -84,12 +87,14 @@ def read_tao_spec(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def translate(tao: dict[str, Any]) -> Translation:
-    """clipcore spec data from a TAO spec mapping (see the module docstring)."""
+def translate(tao: dict[str, Any], registry: Any) -> Translation:
+    """clipcore spec data from a TAO spec mapping (see the module docstring); ``registry`` has the
+    loggers on by default."""
     dropped: list[str] = []
     notes: list[str] = []
     data = _clean(tao, [], dropped, notes)
     renamed = _rename(data)
+    notes += _move_wb_table(data, registry)
     for key, advice in TAO_DEFAULTS.items():
         section, _, name = key.rpartition(".")
         if isinstance(data.get(section), dict) and name not in data[section]:
@@ -155,6 +160,25 @@ def _number(text: str, parts: list[str]) -> Any:
         if fits(value, tp):
             return value
     return text
+
+
+def _move_wb_table(data: dict[str, Any], registry: Any) -> list[str]:
+    """TAO's top-level W&B table goes under ``train`` (the W&B logger plugin's table keeps TAO's
+    name and fields); its ``enable`` (TAO's default: true) adds that logger to ``train.loggers``."""
+    table = data.pop(TAO_WB, None)
+    if not isinstance(table, dict):
+        return []
+    train = data.setdefault("train", {})
+    train[TAO_WB] = table
+    if not table.get("enable", True):
+        return [f"moved TAO's {TAO_WB} table to train.{TAO_WB} (enable = false: not logging to W&B)"]
+    from core.tracking import logger_names
+
+    loggers = train.setdefault("loggers", logger_names(ExperimentConfig(), registry))
+    if TAO_WB not in loggers:
+        loggers.append(TAO_WB)
+    return [f"moved TAO's {TAO_WB} table to train.{TAO_WB} and added it to train.loggers (TAO's enable); "
+            f'set train.{TAO_WB}.mode = "offline" to log without a W&B account']
 
 
 def _rename(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -33,6 +33,7 @@ def _kind_checks(kind: str) -> list[Callable]:
         "backbones": ("core.testing.backbone_checks", "BACKBONE_CHECKS"),
         "losses": ("core.testing.loss_checks", "LOSS_CHECKS"),
         "dataset_formats": ("core.testing.data_checks", "DATA_CHECKS"),
+        "loggers": ("core.testing.logger_checks", "LOGGER_CHECKS"),
     }.get(kind, (None, None))
     if module is None:
         return []

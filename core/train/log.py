@@ -1,20 +1,20 @@
-"""What a training run reports: a rich progress bar on rank 0, one log file per rank,
-``metrics.jsonl`` (one JSON object per logged step or validation), TensorBoard event files, and
+"""What a training run reports: a rich progress bar on rank 0, one log file per rank, the metrics
+(``metrics.jsonl`` and the loggers of ``train.loggers``: :mod:`core.train.trackers`), and
 ``training_curves.png`` at the end."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-METRICS_FILE = "metrics.jsonl"
+from core.tracking import Run, read_metrics
+from core.train.trackers import Trackers
+
 CURVES_FILE = "training_curves.png"
 
 
@@ -55,16 +55,16 @@ class TrainLog:
         self.console = Console(stderr=True) if main else None
         self.file_logger = rank_logger(out_dir / "logs", rank)
         self.logger = console_logger(self.file_logger, self.console) if main else self.file_logger
-        self._metrics = open(out_dir / METRICS_FILE, "a", encoding="utf-8") if main else None
-        self._tb = None
-        if main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.trackers: Trackers | None = None
         self._progress: Progress | None = None
         self._task = None
         self._last_time = time.perf_counter()
         self._last_samples = 0
+
+    def open_trackers(self, run: Run) -> Trackers:
+        """Start the loggers of ``train.loggers`` (rank 0); their failures become warnings here."""
+        self.trackers = Trackers(run, main=self.main, warn=self.warning)
+        return self.trackers
 
     # -- text ---------------------------------------------------------------------------
     def info(self, message: str) -> None:
@@ -121,38 +121,19 @@ class TrainLog:
         (self.file_logger if self.console.is_terminal else self.logger).info(line)
 
     def write(self, *, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        """Append one line to metrics.jsonl and the scalars to TensorBoard (rank 0)."""
-        if not self.main:
-            return
-        record = {"step": step, "epoch": epoch, "time": time.time(), **metrics}
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
-        for key, value in metrics.items():
-            self._tb.add_scalar(key, value, step)
-        self._tb.flush()
+        """Send the scalars to the loggers (rank 0)."""
+        if self.trackers is not None:
+            self.trackers.log_metrics(metrics, step=step, epoch=epoch)
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        if self.trackers is not None:
+            self.trackers.close(failed=failed)
+            self.trackers = None
         _close_handlers(self.logger)
         _close_handlers(self.file_logger)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; for a step logged twice (a resumed run) the last one wins."""
-    records: dict[tuple[int, bool], dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[(record["step"], any(k.startswith("val/") for k in record))] = record
-    return sorted(records.values(), key=lambda r: r["step"])
 
 
 def plot_curves(metrics_path: Path, png_path: Path) -> Path:

@@ -4,7 +4,7 @@ A raw PyTorch loop, readable top to bottom: :class:`Trainer` builds its parts in
 (process group, seed, model, freezing, gradient checkpointing, DDP/FSDP wrapping, loss, optimizer,
 data, schedule, checkpoints, validation) and runs small step methods. Outputs go to
 ``<results_dir>/train``: checkpoints (``epoch_N.pth`` / ``step_N.pth``, ``latest.pth``,
-``best.pth``), ``config.toml`` (the resolved spec), ``metrics.jsonl``, TensorBoard events,
+``best.pth``), ``config.toml`` (the resolved spec), ``metrics.jsonl``, what the loggers write,
 ``logs/rank<r>.log`` and ``training_curves.png``.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,7 +39,8 @@ from core.loss import clamp_logit_scale
 from core.train.optim import build_optimizer, build_scheduler
 from core.train.regularize import RegularizedLoss, teacher_features
 from core.registry import get_registry
-from core.train.log import CURVES_FILE, METRICS_FILE, TrainLog, plot_curves
+from core.tracking import METRICS_FILE, Run
+from core.train.log import CURVES_FILE, TrainLog, plot_curves
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -156,6 +158,8 @@ class Trainer:
         resume = self._resume_path()
         if resume is not None:
             self.load_state(resume)
+        self.log.open_trackers(Run(cfg=cfg, config=tomllib.loads(resolved_spec(cfg)), out_dir=self.out_dir,
+                                   name=self.out_dir.parent.name, resumed=resume is not None))
 
         # 12. validation
         self.validator = self._build_validator()
@@ -223,13 +227,13 @@ class Trainer:
                 self.train_epoch()
             if self._saved_step != self.step:
                 self.save(self.checkpoints.periodic_name(epoch=self.epoch, step=self.step))
+            if self.world.is_main:
+                self.log.trackers.log_file(plot_curves(self.out_dir / METRICS_FILE, self.out_dir / CURVES_FILE))
         except BaseException as exc:
             self.log.failed(exc)
+            self.log.close(failed=True)
             raise
-        finally:
-            self.log.close()
-        if self.world.is_main:
-            plot_curves(self.out_dir / METRICS_FILE, self.out_dir / CURVES_FILE)
+        self.log.close()
         self._barrier()
 
     def train_epoch(self) -> None:
@@ -399,7 +403,7 @@ class Trainer:
         if self.world.is_main:
             path = self.checkpoints.save(state, name)
             if improved:
-                self.checkpoints.save_best(None, path)
+                self.log.trackers.log_checkpoint(self.checkpoints.save_best(None, path), val_metrics)
             self.log.info(f"saved {path}" + (" (new best)" if improved else ""))
         self._saved_step = self.step
         self._barrier()
@@ -410,6 +414,7 @@ class Trainer:
         state = self.state_dict()
         if self.world.is_main:
             path = self.checkpoints.save_best(state, None)
+            self.log.trackers.log_checkpoint(path, val_metrics)
             self.log.info(f"saved {path} ({self.cfg.train.best_metric} = {self.checkpoints.best_value:.4f})")
         self._barrier()
 
@@ -519,11 +524,16 @@ def train_dir(cfg: ExperimentConfig) -> Path:
 def save_resolved_config(cfg: ExperimentConfig, out_dir: Path) -> Path:
     """The resolved spec as ``config.toml`` beside the checkpoints (re-runnable with ``-c``)."""
     from core.runtime.checkpoint import write_text_atomic
+
+    return write_text_atomic(resolved_spec(cfg), out_dir / "config.toml")
+
+
+def resolved_spec(cfg: ExperimentConfig) -> str:
+    """The resolved spec as TOML text, plugin tables included."""
     from core.spec.render import render
 
     sections = {path: section.cls for path, section in get_registry().config_sections().items()}
-    return write_text_atomic(render(cfg, sections, header=["# resolved spec of this training run"]),
-                             out_dir / "config.toml")
+    return render(cfg, sections, header=["# resolved spec of this training run"])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -23,8 +23,9 @@ BUILTIN_PACKAGES = {"backbones", "losses", "plugins", "exporters", "deploy", "cl
 #: Registered built-in names that are also TAO's generic words (``loss_type = "clip"``,
 #: ``dataset.train.type = "custom"``, ``export.onnx_file``): not searched for.
 GENERIC_WORDS = {"clip", "custom", "onnx"}
-#: TAO's defaults, which core's schema must keep: ``model.type`` and ``train.loss_type``.
-TAO_DEFAULTS = {'"siglip2-so400m-patch16-256"', '"siglip"'}
+#: TAO's defaults, which core's schema must keep (``model.type`` and ``train.loss_type``), and the
+#: name of TAO's W&B table, which convert-spec reads.
+TAO_DEFAULTS = {'"siglip2-so400m-patch16-256"', '"siglip"', '"wandb"'}
 
 
 def imports(path: Path) -> list[tuple[int, str, list[str]]]:

@@ -22,7 +22,7 @@ from core.loss import LossSpec
 from core.registry import ConfigSection, Provider, load_registry
 from deploy import tensorrt
 from exporters import onnx
-from plugins import custom, wds
+from plugins import custom, wandb_logger, wds
 from core.spec.load import action_dir, check, convert_tao_spec, get_spec, load_config
 
 DATA = Path(__file__).parents[1] / "data"
@@ -61,7 +61,7 @@ def register_losses(register):
 
 FAKE_PLUGIN = types.SimpleNamespace(register_backbones=register_backbones, register_losses=register_losses)
 #: The built-in plugins whose config sections and rules the spec tests exercise (light to import).
-BUILTINS = {"custom": custom, "wds": wds, "onnx": onnx, "tensorrt": tensorrt}
+BUILTINS = {"custom": custom, "wds": wds, "onnx": onnx, "tensorrt": tensorrt, "wandb": wandb_logger}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_tao_keys_in_toml_are_explained(registry, tmp_path):
                     tmp=tmp_path)
     assert "2 problems" in message
     assert "'grayscale_prob' is TAO's old name of 'grayscale'" in message
-    assert "unknown key 'wandb' (a TAO key with no effect in clipcore" in message
+    assert "wandb is the table [train.wandb]: write its keys under that header" in " ".join(message.split())
 
 
 @pytest.mark.parametrize("override, valid", [
@@ -497,19 +497,20 @@ def test_convert_drops_inert_keys_renames_legacy_ones_and_reads_numbers(registry
     text = convert_tao_spec(source, registry=registry)
     header = text.split("\nresults_dir")[0]
     for dropped in ('encryption_key = "nvidia_tlt": clipcore writes plain checkpoints',
-                    "wandb = {enable = true, project = \"p\"}: Weights & Biases",
                     "train.triplet_loss_weight = 0.5:", "train.profiler_enabled = true:",
                     'dataset.train.datasets.0.train_pairs_file = "/p.json":'):
         assert dropped in header
     assert "train.num_epochs is null in the TAO spec: clipcore uses its default 10." in header
     assert "train.precision is not set: TAO trained in fp16" in header
     assert "renamed TAO's dataset.augmentation.gray_scale_prob to dataset.augmentation.grayscale" in header
+    assert "moved TAO's wandb table to train.wandb and added it to train.loggers" in header
     path = tmp_path / "clip.toml"
     path.write_text(text)
     cfg = load_config(path, registry=registry)
     assert cfg.train.optim.vision_lr == 1e-5 and cfg.train.optim.warmup_steps == 50
     assert cfg.dataset.augmentation.grayscale == 0.3 and cfg.model.adaptor_name == "clip"
     assert cfg.model.peft.enabled is False and "model.peft" not in header  # kept, not dropped
+    assert cfg.train.loggers == ["wandb"] and cfg.plugins["train.wandb"].project == "p"
 
 
 @pytest.mark.parametrize("content, message", [
