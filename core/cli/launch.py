@@ -21,18 +21,28 @@ from core.spec.load import action_dir
 WORKERS = {"train": ["-m", "core.train"]}
 
 
-def relaunch(cfg: Any, args: argparse.Namespace, action: str, *, logs: Path | None = None) -> None:
-    """Run ``core <action>`` (same spec, same overrides) under torchrun with the section's process
-    count; raise one error naming the worker failure (``logs``: where per-rank logs are)."""
-    section = getattr(cfg, action)
+def launch_command(cfg: Any, args: argparse.Namespace, action: str) -> list[str]:
+    """The torchrun command that runs ``core <action>`` (same spec, same overrides) on this node."""
     worker = WORKERS[action] if action in WORKERS else ["-m", "core.cli.main", args.command]
     worker = worker + (["--config", args.config] if args.config else []) + action_overrides(args, action)
-    cmd = torchrun_command(section, worker)
+    return torchrun_command(getattr(cfg, action), worker)
+
+
+def relaunch(cfg: Any, args: argparse.Namespace, action: str, *, logs: Path | None = None) -> None:
+    """Run :func:`launch_command` with the section's process count; raise one error naming the
+    worker failure (``logs``: where per-rank logs are)."""
+    section = getattr(cfg, action)
+    cmd = launch_command(cfg, args, action)
     status = run_torchrun(cmd, env=_visible_gpus(section))
     if status != 0:
         fix = "read the first error above" + (f", and the per-rank logs in {logs}" if logs else "")
+        nodes = getattr(section, "num_nodes", 1)
+        if nodes > 1:
+            fix += (f". If it stopped waiting for the other nodes (rendezvous), check that {nodes} nodes run this "
+                    f"command ({action}.num_nodes), with the same MASTER_ADDR:MASTER_PORT (node 0's, reachable "
+                    f"from every node) and RDZV_ID; a node waits {section.rdzv_timeout} s ({action}.rdzv_timeout)")
         raise ClipcoreError(f"{action} failed in a torchrun worker (exit status {status})",
-                            where=" ".join(cmd[:6]) + " ...", fix=fix)
+                            where=" ".join(cmd[:7]) + " ...", fix=fix)
 
 
 def _visible_gpus(section: Any) -> dict[str, str]:

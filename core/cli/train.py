@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Sequence
 
-from core.cli.launch import relaunch
+from core.cli.launch import launch_command, relaunch
 from core.errors import ClipcoreError, file_system_error
 from core.runtime.distributed import close_world, expected_world_size, under_torchrun
 from core.spec.config import ExperimentConfig
@@ -30,9 +31,19 @@ def train(cfg: ExperimentConfig) -> None:
         close_world()
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print-command", action="store_true",
+                        help="print the torchrun command this node would run (several processes or nodes, "
+                             "restarts) and exit; a job template's dry run")
+
+
 def run(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
-    """``core train``: train here, or launch torchrun for ``num_gpus × num_nodes`` > 1 processes."""
-    if expected_world_size(cfg.train) == 1 or under_torchrun():
+    """``core train``: train here, or launch torchrun for ``num_gpus × num_nodes`` > 1 processes
+    (or for ``max_restarts``)."""
+    in_process = (expected_world_size(cfg.train) == 1 and cfg.train.max_restarts == 0) or under_torchrun()
+    if getattr(args, "print_command", False):
+        print("trains in this process (no torchrun)" if in_process else shlex.join(launch_command(cfg, args, "train")))
+    elif in_process:
         train(cfg)
     else:
         relaunch(cfg, args, "train", logs=train_dir(cfg) / "logs")

@@ -78,7 +78,12 @@ def init_world(section_cfg: Any, section: str = "train") -> World:
     device = _device(local_rank, section_cfg)
     if size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        store, _, _ = next(dist.rendezvous("env://"))
+        # keys of this torchrun attempt only: after a restart (--max-restarts) the store still holds
+        # the dead workers' addresses, which gloo would otherwise try to connect to
+        store = dist.PrefixStore(f"clipcore/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size,
+                                device_id=device if device.type == "cuda" else None)
     return World(rank, size, local_rank, device)
 
 
@@ -185,24 +190,29 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
 # --------------------------------------------------------------------------- launching
 def torchrun_command(section_cfg: Any, worker: Sequence[str]) -> list[str]:
     """``python -m torch.distributed.run ... <worker>`` for ``num_gpus`` processes per node on
-    ``num_nodes`` nodes (sections without ``num_nodes`` run on one); ``worker`` is the tail that
-    each process runs (``-m core.train --config ...``).
+    ``num_nodes`` nodes (sections without ``num_nodes`` run on one), restarting all workers up to
+    ``max_restarts`` times after a failure; ``worker`` is the tail that each process runs
+    (``-m core.train --config ...``).
 
-    Several nodes rendezvous through torchrun's standard environment: ``MASTER_ADDR`` (required),
-    ``MASTER_PORT`` (default 29500) and ``NODE_RANK`` of this node.
+    Several nodes meet through torchrun's c10d rendezvous at ``MASTER_ADDR:MASTER_PORT`` (node 0's
+    address, required; port default 29500), under the job id ``RDZV_ID`` (default ``clipcore``:
+    set it per job when jobs share an endpoint). A node waits at most ``rdzv_timeout`` seconds for
+    the others. Node ranks are assigned by the rendezvous.
     """
     nodes = getattr(section_cfg, "num_nodes", 1)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={section_cfg.num_gpus}",
-           f"--nnodes={nodes}"]
+           f"--nnodes={nodes}", f"--max-restarts={getattr(section_cfg, 'max_restarts', 0)}"]
     if nodes > 1:
-        if "MASTER_ADDR" not in os.environ or "NODE_RANK" not in os.environ:
+        if "MASTER_ADDR" not in os.environ:
             raise ConfigError(
-                f"train.num_nodes = {nodes} needs MASTER_ADDR (the address of node 0) and "
-                "NODE_RANK (this node's index) in the environment", where="train.num_nodes",
-                fix="export MASTER_ADDR=<node 0 host> MASTER_PORT=29500 NODE_RANK=<0..nnodes-1> on every "
-                    "node, then run the same `core train` command on each")
-        cmd += [f"--node_rank={os.environ['NODE_RANK']}", f"--master_addr={os.environ['MASTER_ADDR']}",
-                f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+                f"train.num_nodes = {nodes} needs MASTER_ADDR (the address of node 0) in the environment",
+                where="train.num_nodes",
+                fix="export MASTER_ADDR=<node 0 host> MASTER_PORT=29500 (and RDZV_ID=<job id>) on every node, "
+                    "then run the same `core train` command on each (examples/slurm and examples/kubernetes "
+                    "do this)")
+        endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
+        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={os.environ.get('RDZV_ID', 'clipcore')}",
+                f"--rdzv-conf=join_timeout={section_cfg.rdzv_timeout}"]
     else:
         cmd += ["--standalone"]
     return cmd + list(worker)

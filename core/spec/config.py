@@ -140,7 +140,13 @@ class TrainConfig:
     num_epochs: int = opt(10, "Number of epochs (>= 1).", validator=at_least(1))
     num_gpus: int = opt(1, "GPUs (processes) per node; > 1 launches torchrun.", validator=at_least(1))
     gpu_ids: list[int] = opt([0], "GPU ids to use.", validator=each_at_least(0))
-    num_nodes: int = opt(1, "Number of nodes.", validator=at_least(1))
+    num_nodes: int = opt(1, "Number of nodes (each runs the same command; MASTER_ADDR / MASTER_PORT name node "
+                            "0's rendezvous endpoint).", validator=at_least(1))
+    rdzv_timeout: int = opt(600, "Seconds a node waits for the others to join (num_nodes > 1) before it stops "
+                                 "with an error.", validator=at_least(1))
+    max_restarts: int = opt(0, "Restart all workers up to N times after a worker fails (torchrun --max-restarts); "
+                               'with resume_training_checkpoint_path = "auto" they resume from latest.pth.',
+                            validator=at_least(0))
     seed: int = opt(1234, "Random seed (< 0 disables seeding).")
     cudnn: CudnnConfig = section(CudnnConfig, "cuDNN flags.")
     checkpoint_interval: int = opt(1, "Save a checkpoint every N epochs (or steps, see checkpoint_interval_unit).",

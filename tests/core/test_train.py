@@ -294,7 +294,9 @@ def test_two_nodes_need_the_rendezvous_environment(tmp_path, monkeypatch, traini
     with pytest.raises(ConfigError, match="MASTER_ADDR"):
         torchrun_command(cfg.train, [])
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
-    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.setenv("RDZV_ID", "job7")
     cmd = torchrun_command(cfg.train, ["--config", "x.toml"])
-    assert {"--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
-            "--master_port=29500"} <= set(cmd)
+    assert {"--nproc_per_node=4", "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500",
+            "--rdzv-id=job7", "--rdzv-conf=join_timeout=600", "--max-restarts=0"} <= set(cmd)
+    assert "--standalone" not in cmd

@@ -35,7 +35,7 @@ def runs(tmp_path_factory, training) -> Path:
     return root
 
 
-def _single_process(training, tmp_path: Path, *overrides: str, **train) -> Trainer:
+def single_process(training, tmp_path: Path, *overrides: str, **train) -> Trainer:
     """The reference: one process, batch 32 = the 2 × 16 global batch of the distributed runs."""
     from core.spec.load import load_config
 
@@ -70,12 +70,17 @@ def test_two_processes_match_one_process_on_the_global_batch(runs, tmp_path, str
     extra = {"ddp_lora": ["model.peft.enabled=true", "model.peft.vision.dropout=0", "model.peft.text.dropout=0"],
              "ddp_reg": ["model.regularization.enabled=true", f"train.pretrained_model_path={runs / 'base.pth'}"]}
     extra["fsdp_lora"] = extra["ddp_lora"]
-    reference = _single_process(training, tmp_path, *extra.get(strategy, []))
-    out = runs / strategy / "train"
+    reference = single_process(training, tmp_path, *extra.get(strategy, []))
+    assert_matches_one_process(runs / strategy / "train", tmp_path / "train", reference)
+
+
+def assert_matches_one_process(out: Path, reference_dir: Path, reference: Trainer) -> None:
+    """The 2-process run in ``out`` logged the losses, gradient norms and scales of the reference
+    (one process on the global batch) at every step, and ends with its weights."""
     ckpt = load_checkpoint(out / "latest.pth")
     assert ckpt["train_state"]["step"] == 2 and ckpt["train_state"]["world_size"] == 2
     assert len(ckpt["rng"]) == 2 and len(ckpt["data"]) == 2
-    for ours, expected in zip(_train_records(out), _train_records(tmp_path / "train"), strict=True):
+    for ours, expected in zip(_train_records(out), _train_records(reference_dir), strict=True):
         for key in ("train/loss", "train/grad_norm", "train/logit_scale", "train/lr/vision",
                     *(k for k in expected if k.startswith("train/reg/"))):
             assert ours[key] == pytest.approx(expected[key], rel=1e-5), key
