@@ -42,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "demo-data": Command("core.cli.demo_data", "Generate a synthetic image-caption dataset."),
     "demo": Command("core.cli.demo", "Generate demo data, train a small model on CPU and evaluate it."),
     "search": Command("core.cli.search", "Search image embeddings with text or image queries."),
+    "index": Command("core.cli.index", "Build or extend a FAISS vector index of image or object embeddings."),
     "hpo": Command("core.cli.hpo", "Hyper-parameter search over spec fields (Optuna), each trial a real training run."),
     "linear-probe": Command("core.cli.linear_probe", "Fit a linear-probe classifier on frozen image embeddings of "
                                                      "class folders (full or k-shot).", action=True,

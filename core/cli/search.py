@@ -12,6 +12,10 @@ Queries are encoded with the model the embeddings came from, as recorded in the 
 ``config`` attribute: model type, checkpoint or ONNX or engine file, tokenizer); ``-c spec`` and
 ``-o section.key=value`` replace or adjust that record. Scores are cosine similarities; every
 image is scored (exact search), streaming the file in blocks. Equal scores rank by row order.
+
+``--index DIR`` searches a FAISS index of ``core index build`` instead (text and image queries),
+encoding queries with the model the index records; a spec or override naming another model is
+refused with both names.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import ClipcoreError, ConfigError, DataError
+from core.eval.index import MODEL_KEYS, describe, exact_top_k, open_embedding_file, open_index
 
-BLOCK_ROWS = 65536
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("queries", nargs="*", metavar="TEXT", help="text queries")
-    parser.add_argument("--images", required=True, metavar="H5",
-                        help="image_embeddings.h5 or object_embeddings.h5 written by `core inference`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="H5",
+                        help="image_embeddings.h5 or object_embeddings.h5 written by `core inference` (exact search)")
+    source.add_argument("--index", metavar="DIR", help="an index folder of `core index build` (FAISS)")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="an image query (image-to-image search); repeatable")
     parser.add_argument("--object", action="append", default=[], type=int, metavar="ROW",
@@ -55,22 +61,24 @@ def run(args: argparse.Namespace) -> None:
                             fix='pass text queries ("a red car"), --image path.jpg and/or --object ROW')
     if args.top_k < 1:
         raise ClipcoreError(f"-k must be >= 1, got {args.top_k}", where="-k")
-    path = Path(args.images).expanduser()
-    info = read_header(path)
+    if args.index:
+        return search_index(args)
+    file = open_embedding_file(args.images, key="--images")
+    path = file.path
     labels, parts = [], []
     if args.queries or args.image:
-        cfg, encoder = query_encoder(path, info, args.config, args.override)
+        cfg, encoder = query_encoder(path, file.config, args.config, args.override)
         labels, queries = encode_queries(encoder, args.queries, args.image, max_pixels=cfg.dataset.max_image_pixels)
-        if queries.shape[1] != info["dim"]:
+        if queries.shape[1] != file.dim:
             raise ClipcoreError(f"the queries are {queries.shape[1]}-dimensional but {path} holds "
-                                f"{info['dim']}-dimensional embeddings", where="-c / model",
+                                f"{file.dim}-dimensional embeddings", where="-c / model",
                                 fix="encode queries with the model that wrote the file (drop -c and -o)")
         parts.append(queries)
     if args.object:
-        object_labels, objects = object_queries(path, info, args.object)
+        object_labels, objects = object_queries(file, args.object)
         labels, parts = labels + object_labels, parts + [objects]
     exclude = [None] * (len(labels) - len(args.object)) + list(args.object)
-    scores, rows = top_k(path, torch.cat(parts), args.top_k + bool(args.object))
+    scores, rows = exact_top_k([file], torch.cat(parts).numpy(), args.top_k + bool(args.object))
     with h5py.File(path, "r") as f:
         columns = _result_columns(f)
         console = Console()
@@ -86,8 +94,41 @@ def run(args: argparse.Namespace) -> None:
             console.print(table)
 
 
-def object_queries(path: Path, info: dict, rows: Sequence[int]) -> tuple[list[str], torch.Tensor]:
+def search_index(args: argparse.Namespace) -> None:
+    """``--index``: text / image queries, encoded as the index's embeddings were, over the index."""
+    index = open_index(args.index)
+    if args.object:
+        raise ClipcoreError("--object works with --images (an object file), not --index", where="--object",
+                            fix="search the object_embeddings.h5 with --images, or query the index with text / images")
+    cfg, encoder = query_encoder(index.folder, index.meta["config"], args.config, args.override)
+    ours = {k: v for k, v in encoder.source.items() if k in MODEL_KEYS and v}
+    if not same_model(ours, index.meta["model"]):
+        raise ClipcoreError(f"the index {index.folder} holds embeddings of {describe(index.meta['model'])}, but the "
+                            f"queries would be encoded with {describe(ours)}", where="-c / -o",
+                            fix="drop -c / -o (the index records its model), or build an index with this model")
+    labels, queries = encode_queries(encoder, args.queries, args.image, max_pixels=cfg.dataset.max_image_pixels)
+    scores, rows = index.search(queries.numpy(), args.top_k)
+    console = Console()
+    for label, row_scores, row_index in zip(labels, scores, rows):
+        table = Table(title=label, title_justify="left")
+        for name, justify in (("rank", "right"), ("score", "right"), ("image", "left"), ("row", "right")):
+            table.add_column(name, justify=justify, overflow="fold")
+        found = [(s, r) for s, r in zip(row_scores, row_index) if r >= 0]
+        for rank, ((score, _), (_, row, image)) in enumerate(zip(found, index.hits([r for _, r in found])), 1):
+            table.add_row(str(rank), f"{score:.4f}", image, str(row))
+        console.print(table)
+
+
+def same_model(a: dict[str, str], b: dict[str, str]) -> bool:
+    """The same model type and weights (weight files compared by name: recorded paths may be relative)."""
+    def key(record: dict[str, str]) -> dict[str, str]:
+        return {k: Path(v).name if k != "model_type" else v for k, v in record.items()}
+    return key(a) == key(b)
+
+
+def object_queries(file, rows: Sequence[int]) -> tuple[list[str], torch.Tensor]:
     """Labels and embeddings of the objects in ``rows`` of an object embedding file."""
+    path, info = file.path, {"kind": file.kind, "rows": file.rows}
     if info["kind"] != "object":
         raise ClipcoreError("--object needs an object embedding file", where="--images",
                             fix="pass the object_embeddings.h5 that `core inference` writes from inference.detections")
@@ -117,36 +158,17 @@ def _box(box: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def read_header(path: Path) -> dict:
-    """The file's row count, dimension and recorded spec (``None`` when absent), checked."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist", where="--images",
-                        fix="run `core inference` first and pass its image_embeddings.h5")
-    try:
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("embedding_type")
-            if kind not in ("image", "object") or "embeddings" not in f or "image_paths" not in f:
-                raise DataError(f"{path} is not an image or object embedding file (embedding_type {kind!r})",
-                                where="--images",
-                                fix="pass the image_embeddings.h5 or object_embeddings.h5 written by `core inference`")
-            rows, dim = f["embeddings"].shape
-            config = f.attrs.get("config")
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}", where="--images", fix="pass an HDF5 file") from None
-    return {"rows": rows, "dim": dim, "config": config, "kind": kind}
-
-
-def query_encoder(path: Path, info: dict, config: str | None, overrides: Sequence[str]):
-    """The spec ``config`` (else the one recorded in the file) with ``overrides``, and its encoder."""
+def query_encoder(path: Path, recorded: str | None, config: str | None, overrides: Sequence[str]):
+    """The spec ``config`` (else the ``recorded`` one of the file or index) with ``overrides``, and its encoder."""
     from core import spec
     from core.eval.embed import open_encoder
 
-    if config is None and info["config"] is None:
+    if config is None and recorded is None:
         raise ClipcoreError(f"{path} does not record the model that wrote it (not written by clipcore?)",
                             where="--images", fix="pass the spec used for inference with -c spec.toml")
     if config is None:
         with tempfile.NamedTemporaryFile("w", suffix=".toml", encoding="utf-8") as f:
-            f.write(info["config"])
+            f.write(recorded)
             f.flush()
             cfg = spec.load_config(f.name, overrides)
     else:
@@ -183,21 +205,3 @@ def encode_queries(encoder, texts: Sequence[str], images: Sequence[str], *,
         parts.append(encoder.encode_images(items))
         labels += [f"image {p}" for p in images]
     return labels, torch.cat(parts)
-
-
-def top_k(path: Path, queries: torch.Tensor, k: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and row indices of the ``k`` best rows per query (ties: lower row first),
-    scanning the file's embeddings block by block."""
-    q = queries.numpy().astype(np.float32)
-    best_scores = np.empty((len(q), 0), np.float32)
-    best_rows = np.empty((len(q), 0), np.int64)
-    with h5py.File(path, "r") as f:
-        embeddings = f["embeddings"]
-        for start in range(0, embeddings.shape[0], block_rows):
-            block = embeddings[start:start + block_rows]
-            scores = np.concatenate([best_scores, q @ block.T], axis=1)
-            rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))],
-                                  axis=1)
-            order = np.lexsort((rows, -scores), axis=-1)[:, :k]
-            best_scores, best_rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
-    return best_scores, best_rows

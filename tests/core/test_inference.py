@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.cli.main import main
-from core.cli.search import top_k
+from core.eval.index import EmbeddingFile, exact_top_k
 
 
 def unit(color_clip, color: str) -> np.ndarray:
@@ -185,7 +185,8 @@ def test_top_k_streams_blocks_and_breaks_ties_by_row(tmp_path):
     with h5py.File(tmp_path / "e.h5", "w") as f:
         f["embeddings"] = emb
     queries = torch.from_numpy(np.stack([emb[7], emb[3]]))
-    scores, rows = top_k(tmp_path / "e.h5", queries, 5, block_rows=4)
+    scores, rows = exact_top_k([EmbeddingFile(tmp_path / "e.h5", 50, 4, "image", {}, None)], queries.numpy(), 5,
+                               block_rows=4)
     want = np.argsort(-(emb @ queries.numpy().T).T, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(rows, want)
     assert list(rows[0][:2]) == [7, 30]
