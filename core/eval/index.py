@@ -15,7 +15,7 @@ An index folder holds:
 Kinds: ``flat`` (exact: ``IndexFlatIP``), ``hnsw`` (``IndexHNSWFlat``: ``hnsw_m`` links,
 ``ef_construction``, ``ef_search``), ``ivfpq`` (``IVF{nlist},PQ{pq_m}x8`` trained on a seeded
 sample of ``train_sample`` rows, searching ``nprobe`` lists, the ``k_factor`` × k best candidates
-re-ranked exactly: ``IndexRefineFlat``). ``auto`` picks flat below ``FLAT_BELOW`` rows, HNSW below
+re-ranked with 8-bit scalar-quantized vectors: ``Refine(SQ8)``, a quarter of the float32 size). ``auto`` picks flat below ``FLAT_BELOW`` rows, HNSW below
 ``HNSW_BELOW``, IVF-PQ beyond. Written files are replaced atomically.
 """
 
@@ -150,10 +150,9 @@ def new_index(kind: str, dim: int, rows: int, params: IndexParams) -> tuple[Any,
     if dim % pq_m:
         raise ClipcoreError(f"--pq-m {pq_m} does not divide the embedding width {dim}", where="--pq-m",
                             fix=f"choose a divisor of {dim} (e.g. {_pq_m(dim)})")
-    ivf = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x8", faiss.METRIC_INNER_PRODUCT)
-    index = faiss.IndexRefineFlat(ivf)
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x8,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
     index.k_factor = params.k_factor
-    faiss.extract_index_ivf(ivf).nprobe = params.nprobe
+    faiss.extract_index_ivf(index).nprobe = params.nprobe
     return index, {"nlist": nlist, "pq_m": pq_m, "nprobe": params.nprobe, "k_factor": params.k_factor,
                    "train_sample": params.train_sample}
 
