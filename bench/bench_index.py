@@ -4,10 +4,12 @@ each `core index` kind on a million synthetic embeddings, against today's exact 
     python bench/bench_index.py --work /tmp/index                      # 1,000,000 × 768, 5 rounds
     python bench/bench_index.py --work /tmp/index --rows 100000        # a quick look
 
-Data (seeded, written once): unit vectors in clusters, the shape CLIP embeddings have: 2,000
-random directions, each point one of them plus isotropic noise (a point's cosine to its centre
-is about 0.6), in ``core inference``'s HDF5 layout (gzip, as inference writes it). Queries are
-``--queries`` new points from the same distribution.
+Data (seeded, written once): unit vectors with the structure CLIP embeddings have, clusters on a
+low-dimensional manifold (their intrinsic dimension is estimated at a few tens): 2,000 cluster
+centres in a 64-dimensional latent space, each point a centre plus Gaussian spread, mapped into
+``--dim`` dimensions by a fixed random projection, plus 10 % isotropic noise, normalised; in
+``core inference``'s HDF5 layout (gzip, as inference writes it). Queries are ``--queries`` new
+points from the same distribution.
 
 Each index is built once with ``core index``'s code (``core.eval.index.build_index``): its build
 time is one measurement, its memory the size of the serialized index (what FAISS holds in RAM).
@@ -32,15 +34,18 @@ import protocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CENTERS, NOISE = 2000, 0.8
+CENTERS, LATENT, SPREAD, NOISE = 2000, 64, 0.5, 0.1
 #: Operating points searched (ef_search for HNSW, nprobe for IVF-PQ).
-POINTS = {"hnsw": [64, 128, 256], "ivfpq": [32, 64, 128]}
+POINTS = {"hnsw": [16, 32, 64, 128], "ivfpq": [8, 16, 32, 64]}
 BUILD = {"flat": {}, "hnsw": {"hnsw_m": 32, "ef_construction": 40}, "ivfpq": {"k_factor": 8}}
 
 
-def points(rng: np.random.Generator, centers: np.ndarray, n: int) -> np.ndarray:
-    dim = centers.shape[1]
-    x = centers[rng.integers(0, len(centers), n)] + NOISE * rng.normal(size=(n, dim)) / np.sqrt(dim)
+def points(rng: np.random.Generator, space: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
+    centers, projection = space
+    z = centers[rng.integers(0, len(centers), n)] + SPREAD * rng.normal(size=(n, LATENT))
+    x = z @ projection
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x += NOISE * rng.normal(size=x.shape) / np.sqrt(x.shape[1])
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -50,8 +55,7 @@ def prepare(work: Path, rows: int, dim: int, queries: int) -> tuple[Path, np.nda
     from core.cli.inference import write_embeddings
 
     rng = np.random.default_rng(0)
-    centers = rng.normal(size=(CENTERS, dim))
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers = (rng.normal(size=(CENTERS, LATENT)), rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT))
     path = work / f"embeddings_{rows}x{dim}.h5"
     if not path.is_file():
         def batches():

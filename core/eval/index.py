@@ -118,9 +118,24 @@ def exact_top_k(files: Sequence[EmbeddingFile], queries: np.ndarray, k: int,
         scores = np.concatenate([best_scores, q @ block.T], axis=1)
         rows = np.concatenate([best_rows, np.broadcast_to(np.arange(first, first + len(block)), (len(q), len(block)))],
                               axis=1)
-        order = np.lexsort((rows, -scores), axis=-1)[:, :k]
+        order = _k_best(scores, rows, k)
         best_scores, best_rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
     return best_scores, best_rows
+
+
+def _k_best(scores: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` best per row, by descending score then ascending row: a partial
+    selection, with the rows whose k-th score is tied resolved exactly."""
+    if scores.shape[1] > k:
+        order = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(scores, order, 1).min(axis=1)
+        for r in np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k):
+            tied = np.flatnonzero(scores[r] >= kth[r])
+            order[r] = tied[np.lexsort((rows[r, tied], -scores[r, tied]))][:k]
+    else:
+        order = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    chosen_scores, chosen_rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    return np.take_along_axis(order, np.lexsort((chosen_rows, -chosen_scores), axis=-1), 1)
 
 
 # --------------------------------------------------------------------------- building
