@@ -113,3 +113,16 @@ def test_search_index_matches_exact_search_and_refuses_another_model(embedded, t
                          "would be encoded with model_type color-clip" in err
     code = main(["search", "--index", str(tmp_path), "red"])
     assert code == 2 and "is not an index folder" in capsys.readouterr().err
+
+
+def test_exact_search_selects_like_a_full_sort_with_ties(tmp_path):
+    from core.eval.index import EmbeddingFile, exact_top_k
+
+    vectors = np.repeat(clustered(40, 8, 3), 3, axis=0)          # every vector three times: ties everywhere
+    path = embedding_file(tmp_path / "t.h5", vectors)
+    queries = vectors[[0, 5, 77]]
+    scores, rows = exact_top_k([EmbeddingFile(path, 120, 8, "image", {}, None)], queries, 7, block_rows=16)
+    full = queries @ vectors.T
+    want = np.lexsort((np.broadcast_to(np.arange(120), full.shape), -full), axis=-1)[:, :7]
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-6)
