@@ -37,11 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             ("ef-search", "HNSW search breadth"), ("nlist", "IVF lists (default about 4·√rows)"),
                             ("pq-m", "PQ sub-quantizers (default: the largest divisor of the width up to width/8)"),
                             ("nprobe", "IVF lists searched per query"),
-                            ("k-factor", "IVF-PQ candidates re-ranked exactly, × k"),
+                            ("k-factor", "IVF-PQ candidates re-ranked (8-bit vectors), × k"),
                             ("train-sample", "rows IVF-PQ is trained on"), ("seed", "seed of the training sample")):
         field = name.replace("-", "_")
-        build.add_argument(f"--{name}", type=int, default=getattr(defaults, field),
-                           help=f"{help_text} (default {getattr(defaults, field)})")
+        default = getattr(defaults, field)
+        build.add_argument(f"--{name}", type=int, default=default, metavar="N",
+                           help=help_text + ("" if default is None else f" (default {default})"))
     build.add_argument("--force", action="store_true", help="replace an existing index folder")
     add = verbs.add_parser("add", help="append embedding files to an index (same model and width)")
     add.add_argument("index", metavar="DIR", help="index folder")
