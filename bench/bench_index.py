@@ -31,9 +31,6 @@ import numpy as np
 
 import protocol
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 CENTERS, LATENT, SPREAD, NOISE = 2000, 64, 0.5, 0.1
 #: Operating points searched (ef_search for HNSW, nprobe for IVF-PQ).
 POINTS = {"hnsw": [16, 32, 64, 128], "ivfpq": [8, 16, 32, 64]}

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import ClipcoreError, ConfigError, DataError
-from core.eval.index import MODEL_KEYS, describe, exact_top_k, open_embedding_file, open_index
+from core.eval.index import MODEL_KEYS, EmbeddingFile, describe, exact_top_k, open_embedding_file, open_index
 
 
 
@@ -126,15 +126,15 @@ def same_model(a: dict[str, str], b: dict[str, str]) -> bool:
     return key(a) == key(b)
 
 
-def object_queries(file, rows: Sequence[int]) -> tuple[list[str], torch.Tensor]:
+def object_queries(file: EmbeddingFile, rows: Sequence[int]) -> tuple[list[str], torch.Tensor]:
     """Labels and embeddings of the objects in ``rows`` of an object embedding file."""
-    path, info = file.path, {"kind": file.kind, "rows": file.rows}
-    if info["kind"] != "object":
+    path = file.path
+    if file.kind != "object":
         raise ClipcoreError("--object needs an object embedding file", where="--images",
                             fix="pass the object_embeddings.h5 that `core inference` writes from inference.detections")
-    bad = [r for r in rows if not 0 <= r < info["rows"]]
+    bad = [r for r in rows if not 0 <= r < file.rows]
     if bad:
-        raise ClipcoreError(f"row {bad[0]} is not in {path} (rows 0..{info['rows'] - 1})", where="--object",
+        raise ClipcoreError(f"row {bad[0]} is not in {path} (rows 0..{file.rows - 1})", where="--object",
                             fix="pass a row index of the file")
     with h5py.File(path, "r") as f:
         names = f["image_paths"].asstr()
