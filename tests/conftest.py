@@ -8,7 +8,9 @@ plugin), ``kit/`` (the conformance kit), ``e2e/`` (whole workflows) and ``bench/
   environment of a subprocess that sees them;
 - ``color_clip``: a backbone whose embeddings are known exactly (``fake_plugins/color_clip.py``);
 - ``data_kit``: image bytes, folders of pairs, configs and requests for dataset-format tests;
-- ``exports``: export configs, sample images and texts, and the closeness check of deploy tests.
+- ``exports``: export configs, sample images and texts, and the closeness check of deploy tests;
+- ``tmpfs``: a small tmpfs mounted for a test (read-only or full disks);
+- ``s3``: a real S3 API server on loopback (``s3_server.py``), its client environment set.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import types
@@ -28,6 +31,7 @@ from PIL import Image
 
 from core.backbone import PreprocessSpec
 from core.registry import Provider, get_registry
+from tests import s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_PLUGINS = Path(__file__).with_name("fake_plugins")
@@ -294,3 +298,39 @@ class Exports:
 @pytest.fixture(scope="session")
 def exports() -> Exports:
     return Exports()
+
+
+# --------------------------------------------------------------------------- file systems
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (``mount(options)``); skipped where mounting is not permitted."""
+    mounted = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+# --------------------------------------------------------------------------- object storage
+@pytest.fixture(scope="session")
+def s3_session(tmp_path_factory) -> Iterator[s3_server.S3Server]:
+    server = s3_server.start(tmp_path_factory.mktemp("s3") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_session, monkeypatch) -> s3_server.S3Server:
+    """The session's S3 server, this process's AWS environment pointing at it."""
+    for name, value in s3_session.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_session

@@ -49,8 +49,9 @@ from core.bad_samples import BadSampleLog
 from core.cli.launch import run_embedding_action
 from core.runtime.distributed import World
 from core.eval.detections import CropLoader, Detection, read_detections
-from core.eval.embed import Encoder, Shard, image_batches, list_images, path_loader, progress_bar, text_batches
+from core.eval.embed import Encoder, Shard, image_batches, image_files, path_loader, progress_bar, text_batches
 from core.errors import DataError
+from core.storage import Storage
 from core.images import IMAGE_EXTENSIONS
 
 IMAGE_FILE, TEXT_FILE, OBJECT_FILE = "image_embeddings.h5", "text_embeddings.h5", "object_embeddings.h5"
@@ -77,9 +78,11 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
         raise DataError("nothing to embed: inference.datasets, inference.text_file and inference.detections are unset",
                         where="inference", fix="add [[inference.datasets]] with image_dir, or set inference.text_file "
                                                "or inference.detections")
-    texts = read_prompts(inf.text_file) if inf.text_file else None
-    paths = [p for i, entry in enumerate(inf.datasets)
-             for p in list_images(entry.image_dir, key=f"inference.datasets.{i}.image_dir")]
+    storage = Storage.of(cfg.dataset)
+    texts = read_prompts(storage.local(inf.text_file, "inference.text_file")) if inf.text_file else None
+    found = [f for i, entry in enumerate(inf.datasets)
+             for f in image_files(entry.image_dir, key=f"inference.datasets.{i}.image_dir", storage=storage)]
+    paths, names = [p for p, _ in found], [n for _, n in found]
     if inf.datasets and not paths:
         raise DataError("no images found in inference.datasets", where="inference.datasets",
                         fix="point image_dir at folders with " + "/".join(IMAGE_EXTENSIONS) + " files")
@@ -91,7 +94,7 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
                                phase="inference")
             shard = Shard.of(len(paths), world.rank, world.size)
             load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
-            batches = _image_rows(encoder, load, paths, range(shard.start, shard.stop), inf, bad, progress)
+            batches = _image_rows(encoder, load, names, range(shard.start, shard.stop), inf, bad, progress)
             written.append(_write_sharded(out_dir / IMAGE_FILE, "image", provenance, batches, world))
             bad.report("inference")
         if inf.detections:
@@ -163,12 +166,13 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _image_rows(encoder, load, paths, indices, inf, bad: BadSampleLog, progress) -> Iterator[tuple[list[str], torch.Tensor]]:
+def _image_rows(encoder, load, names: list[str], indices, inf, bad: BadSampleLog,
+                progress) -> Iterator[tuple[list[str], torch.Tensor]]:
     for batch in image_batches(encoder, load, indices, batch_size=inf.batch_size, num_workers=inf.num_workers,
                                progress=progress, description="inference: images"):
         for index, reason, detail in batch.failed:
-            bad.record(str(paths[index]), reason, detail)
-        yield {"image_paths": [str(paths[i]) for i in batch.indices]}, batch.embeddings
+            bad.record(names[index], reason, detail)
+        yield {"image_paths": [names[i] for i in batch.indices]}, batch.embeddings
 
 
 # --------------------------------------------------------------------------- provenance

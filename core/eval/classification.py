@@ -13,6 +13,7 @@ from core.errors import DataError
 from core.eval.embed import Encoder, embed_images, embed_texts, list_images, path_loader
 from core.eval.metrics import classification_metrics
 from core.runtime.distributed import World
+from core.storage import Storage
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.",
@@ -92,7 +93,7 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
     A class's text embedding is the normalised mean of its prompts' embeddings, one prompt per
     template (``evaluate.templates``, else :data:`DEFAULT_TEMPLATES`)."""
     ev = cfg.evaluate
-    folders = class_folders(ev.classification_dir)
+    folders = class_folders(str(Storage.of(cfg.dataset).local(ev.classification_dir, "evaluate.classification_dir")))
     names = class_names(folders, ev.class_names_file)
     paths, labels = [], []
     for label, folder in enumerate(folders):

@@ -39,6 +39,7 @@ from core.bad_samples import BadSample
 from core.errors import ClipcoreError, DataError
 from core.images import IMAGE_EXTENSIONS, decoded_rgb, open_image
 from core.runtime.transforms import eval_transform
+from core.storage import Storage, is_url
 
 
 
@@ -136,6 +137,16 @@ def list_images(folder: str | Path, *, key: str) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist", where=key, fix="point it at a folder of images")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def image_files(folder: str, *, key: str, storage: Storage) -> list[tuple[Path, str]]:
+    """The images under ``folder``, a path or a URL (fetched through ``storage``'s cache), as
+    ``(local file, name)``: the name is the image's URL for a remote folder, else the local path."""
+    root = storage.local(folder, key)
+    found = list_images(root, key=key)
+    if not is_url(folder):
+        return [(p, str(p)) for p in found]
+    return [(p, f"{folder.rstrip('/')}/{p.relative_to(root).as_posix()}") for p in found]
 
 
 def path_loader(paths: Sequence[str | Path], transform: Callable[[Image.Image], Any], *,

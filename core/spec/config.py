@@ -230,6 +230,17 @@ class DatasetConfig:
         "skip", "skip: skip and record in bad_samples.jsonl; error: stop at the first bad sample.")
     max_image_pixels: int = opt(178956970, "Refuse images with more pixels (decompression bombs).",
                                 validator=at_least(1))
+    cache_dir: str | None = opt(
+        None, "Local cache of data read from URLs (s3://, gs://, https://, ...): archives, list files and folders "
+              "are fetched once and checked against the store (size, ETag) at every run; unset: "
+              "$XDG_CACHE_HOME/clipcore/data (~/.cache/clipcore/data).")
+    cache_size_gb: float = opt(
+        100.0, "Size limit of the data cache: least recently used entries are removed beyond it; a remote .tar "
+               "larger than it is read in place by range requests.", validator=above(0.0))
+    storage_options: dict[str, Any] = field(factory=dict, metadata={
+        "help": "Options for the filesystem of every data URL (fsspec storage_options, e.g. endpoint_url, "
+                "profile or anon for s3://); credentials and endpoint also come from the store's standard "
+                "environment and config files."})
     train: TrainDataConfig = section(TrainDataConfig, "Training data.")
     val: ValDataConfig = section(ValDataConfig, "Validation data.")
     reference: ReferenceConfig = section(

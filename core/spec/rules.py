@@ -19,6 +19,7 @@ from core.spec.config import EvalConfig, ExperimentConfig
 from core.artifact import ENGINE_SUFFIX, EXPORT_SUFFIX, tower_paths
 from core.errors import ClipcoreError, ConfigError
 from core.registry import Registry, get_registry
+from core.storage import Storage, is_url
 from core.tracking import logger_names
 from core.spec.problems import Problem, raise_problems
 
@@ -43,6 +44,8 @@ def check(cfg: ExperimentConfig, action: str | Sequence[str], registry: Registry
     for name in actions:
         getattr(checker, name)()
         checker.writable(name)
+    if checker.reads_urls and check_paths:
+        checker.folder_writable("dataset.cache_dir", Storage.of(cfg.dataset).cache_dir)
     raise_problems(list(dict.fromkeys(checker.problems)))
 
 
@@ -50,6 +53,7 @@ class _Checker:
     def __init__(self, cfg: ExperimentConfig, registry: Registry, check_paths: bool, actions: set[str]):
         self.cfg, self.registry, self.check_paths, self.actions = cfg, registry, check_paths, actions
         self.problems: list[Problem] = []
+        self.reads_urls = False  # some input is a URL: the data cache must be writable
 
     def problem(self, key: str, what: str, fix: str | None = None) -> None:
         self.problems.append(Problem(key, what, fix))
@@ -64,6 +68,8 @@ class _Checker:
 
     def exists(self, key: str, path: str | None, kind: Literal["file", "dir", "any"] = "any",
                made_by: str | None = None) -> None:
+        if is_url(path):
+            self.reads_urls = True
         if not self.check_paths or path is None or "://" in path or made_by in self.actions:
             return
         p = Path(path).expanduser()
@@ -79,8 +85,11 @@ class _Checker:
             return
         own = getattr(getattr(self.cfg, action), "results_dir", None)
         key, path = (f"{action}.results_dir", Path(own)) if own else ("results_dir", Path(self.cfg.results_dir) / action)
-        if "://" in str(path):
-            return
+        if "://" not in str(path):
+            self.folder_writable(key, path)
+
+    def folder_writable(self, key: str, path: Path) -> None:
+        """``path`` (config key ``key``) can be created as a folder and written."""
         existing = path.expanduser().absolute()
         while not existing.exists():
             existing = existing.parent

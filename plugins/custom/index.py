@@ -8,7 +8,8 @@ is ``<relative folder>/<stem><caption_file_suffix>`` in ``caption_dir`` (unset: 
 image), or else the only caption file in ``caption_dir`` with that file name. Entries are
 concatenated in order. ``group_file`` (optional) is a CSV of ``image,group`` rows, image names as
 in ``image_list_file``; a first row ``image,group`` is a header. Problems found while indexing (missing images or captions, unreadable
-archive members) go to ``record(path, reason, detail)``.
+archive members) go to ``record(path, reason, detail)``. Every path may be a URL, read through
+the data cache (``storage``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable, Literal
 
 import attrs
 
-from core import IMAGE_EXTENSIONS, DataError
+from core import IMAGE_EXTENSIONS, DataError, Storage
 from plugins.custom.sources import FolderSource, TarSource, open_source
 
 Recorder = Callable[[str, str, str], None]
@@ -39,23 +40,23 @@ class EntryIndex:
     groups: dict[str, str] = attrs.field(factory=dict)
 
 
-def index_entries(entries: list[Any], key: str, record: Recorder) -> list[EntryIndex]:
+def index_entries(entries: list[Any], key: str, record: Recorder, storage: Storage) -> list[EntryIndex]:
     """Index every entry of ``entries`` (``key`` is their config key, e.g. ``dataset.train.datasets``)."""
     if not entries:
         raise DataError("no datasets are configured", where=key,
                         fix=f"add a [[{key}]] table with image_dir (and caption_dir if captions are elsewhere)")
-    return [index_entry(entry, f"{key}.{i}", record) for i, entry in enumerate(entries)]
+    return [index_entry(entry, f"{key}.{i}", record, storage) for i, entry in enumerate(entries)]
 
 
-def index_entry(entry: Any, key: str, record: Recorder) -> EntryIndex:
-    images = open_source(entry.image_dir, f"{key}.image_dir")
-    captions = images if entry.caption_dir is None else open_source(entry.caption_dir, f"{key}.caption_dir")
+def index_entry(entry: Any, key: str, record: Recorder, storage: Storage) -> EntryIndex:
+    images = open_source(entry.image_dir, f"{key}.image_dir", storage)
+    captions = images if entry.caption_dir is None else open_source(entry.caption_dir, f"{key}.caption_dir", storage)
     for source in {id(images): images, id(captions): captions}.values():
         for name, detail in source.broken.items():
             record(source.display(name), "unreadable-tar-member", detail)
     image_files = images.files()
     caption_files = image_files if captions is images else captions.files()
-    names = _listed_images(entry, key, image_files, images, record) if entry.image_list_file else [
+    names = _listed_images(entry, key, image_files, images, record, storage) if entry.image_list_file else [
         n for n in image_files if n.lower().endswith(IMAGE_EXTENSIONS)]
     if not names:
         raise DataError(f"no images found in {entry.image_dir}", where=f"{key}.image_dir",
@@ -69,7 +70,7 @@ def index_entry(entry: Any, key: str, record: Recorder) -> EntryIndex:
             record(images.display(name), "missing-caption", f"expected {expected}")
         else:
             pairs.append((name, caption))
-    groups = _groups(entry.group_file, f"{key}.group_file", set(names)) if entry.group_file else {}
+    groups = _groups(entry.group_file, f"{key}.group_file", set(names), storage) if entry.group_file else {}
     return EntryIndex(images=images, captions=captions, caption_mode=entry.caption_mode, pairs=pairs, groups=groups)
 
 
@@ -78,10 +79,10 @@ def _image_name(line: str) -> str:
     return posixpath.normpath(line.strip().replace("\\", "/")).lstrip("/")
 
 
-def _groups(path: str, key: str, names: set[str]) -> dict[str, str]:
+def _groups(path: str, key: str, names: set[str], storage: Storage) -> dict[str, str]:
     fix = "write one `image,group` row per line, the image relative to image_dir as in image_list_file"
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(storage.local(path, key), encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
     except OSError as exc:
         raise DataError(f"cannot read the group file ({type(exc).__name__}: {exc})", where=key,
@@ -108,9 +109,9 @@ def _groups(path: str, key: str, names: set[str]) -> dict[str, str]:
 
 
 def _listed_images(entry: Any, key: str, files: list[str], images: FolderSource | TarSource,
-                   record: Recorder) -> list[str]:
+                   record: Recorder, storage: Storage) -> list[str]:
     try:
-        with open(entry.image_list_file, encoding="utf-8") as f:
+        with open(storage.local(entry.image_list_file, f"{key}.image_list_file"), encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the image list ({type(exc).__name__}: {exc})",

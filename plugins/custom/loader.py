@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core import (MAX_CONSECUTIVE_BAD, BadSample, BadSampleLog, DataRequest, RetrievalSet, check_global_batch,
+from core import (MAX_CONSECUTIVE_BAD, BadSample, BadSampleLog, DataRequest, RetrievalSet, Storage, check_global_batch,
                   collate_samples, decoded, finish_batch, match_id, open_image, parse_captions,
                   too_many_bad, worker_seeds)
 from plugins.custom.index import EntryIndex, index_entries
@@ -174,7 +174,7 @@ class PairLoader:
 
 
 def build_dataset(request: DataRequest, datasets: list[Any], key: str, log: BadSampleLog) -> PairDataset:
-    entries = index_entries(datasets, key, log.record_shared)
+    entries = index_entries(datasets, key, log.record_shared, Storage.of(request.config.dataset))
     return PairDataset(entries, request.transform, request.config.dataset.max_image_pixels, request.seed)
 
 

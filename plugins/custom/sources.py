@@ -5,15 +5,24 @@ A source lists its regular files as sorted relative POSIX paths (hidden names st
 once (member offsets) and read by seeking, from any worker process. A compressed archive
 cannot be read at random, so its members are read into memory in one pass (up to
 :data:`MAX_COMPRESSED_ARCHIVE_BYTES`; larger ones must be decompressed to ``.tar`` first).
+
+A URL (``s3://...``) is read through the node's data cache (:class:`core.Storage`): a folder or
+an archive is fetched once. An archive larger than the cache's limit is read in place instead,
+a ``.tar`` by range requests, a ``.tar.gz`` in one streamed pass.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import tarfile
 from pathlib import Path
+from typing import IO, Callable
 
-from core import BadSample, DataError
+from core import BadSample, DataError, Storage, TooLarge
+
+log = logging.getLogger("clipcore.data")
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_COMPRESSED_ARCHIVE_BYTES = 2 << 30
@@ -51,25 +60,31 @@ class FolderSource:
 class TarSource:
     """Members of a tar archive, read without extracting to disk.
 
-    ``broken`` maps members that cannot be read (cut off by a truncated archive) to the reason.
+    ``path`` names the archive in messages, ``opener()`` opens it for reading (from any process),
+    ``size`` is its length in bytes. ``broken`` maps members that cannot be read (cut off by a
+    truncated archive) to the reason.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: str, opener: Callable[[], IO[bytes]], size: int):
+        self.path, self.opener, self.size = path, opener, size
         self.broken: dict[str, str] = {}
         self._offsets: dict[str, tuple[int, int]] = {}
         self._data: dict[str, bytes] = {}
         self._file = None
         self._file_pid = None
-        if path.name.endswith(".tar"):
+        if path.endswith(".tar"):
             self._index_plain()
         else:
             self._load_compressed()
 
+    @classmethod
+    def local(cls, path: Path) -> TarSource:
+        return cls(str(path), functools.partial(open, path, "rb"), path.stat().st_size)
+
     def _index_plain(self) -> None:
-        size = self.path.stat().st_size
+        size = self.size
         try:
-            with tarfile.open(self.path, "r:") as archive:
+            with self.opener() as f, tarfile.open(fileobj=f, mode="r:") as archive:
                 for member in archive:
                     name = _member_name(member)
                     if name is None:
@@ -88,7 +103,7 @@ class TarSource:
     def _load_compressed(self) -> None:
         total = 0
         try:
-            with tarfile.open(self.path, "r|*") as archive:
+            with self.opener() as f, tarfile.open(fileobj=f, mode="r|*") as archive:
                 for member in archive:
                     name = _member_name(member)
                     if name is None:
@@ -99,7 +114,7 @@ class TarSource:
                             f"compressed archive holds more than {MAX_COMPRESSED_ARCHIVE_BYTES >> 30} GiB; a "
                             "compressed tar cannot be read at random, so it would have to sit in memory",
                             where=str(self.path),
-                            fix=f"decompress it once (`gunzip -k {self.path.name}`) and point the key at the .tar, "
+                            fix=f"decompress it once (`gunzip -k {Path(self.path).name}`) and point the key at the .tar, "
                                 "which is read in place")
                     self._data[name] = archive.extractfile(member).read()
         except (tarfile.TarError, EOFError, OSError) as exc:
@@ -126,7 +141,7 @@ class TarSource:
 
     def _handle(self):
         if self._file is None or self._file_pid != os.getpid():  # one handle per (worker) process
-            self._file, self._file_pid = open(self.path, "rb"), os.getpid()
+            self._file, self._file_pid = self.opener(), os.getpid()
         return self._file
 
     def display(self, name: str) -> str:
@@ -148,14 +163,21 @@ def _member_name(member: tarfile.TarInfo) -> str | None:
     return name
 
 
-def open_source(path: str, key: str) -> FolderSource | TarSource:
+def open_source(path: str, key: str, storage: Storage) -> FolderSource | TarSource:
     """The folder or archive at ``path`` (``key`` is the config key it came from)."""
-    p = Path(path).expanduser()
+    try:
+        p = storage.local(path, key)
+    except TooLarge as too_large:
+        if not path.endswith(ARCHIVE_SUFFIXES):
+            raise
+        log.warning("%s: %s; reading it in place, from the store at every epoch (raise dataset.cache_size_gb to "
+                    "cache it)", key, too_large.what)
+        return TarSource(path, functools.partial(storage.open, path, key), too_large.size)
     if not p.exists():
         raise DataError(f"{path} does not exist", where=key, fix="point it at a folder or a .tar/.tar.gz archive")
     if p.is_dir():
         return FolderSource(p)
     if p.name.endswith(ARCHIVE_SUFFIXES):
-        return TarSource(p)
+        return TarSource.local(p)
     raise DataError(f"{path} is neither a folder nor a .tar/.tar.gz archive", where=key,
                     fix="point it at a folder of files or a tar archive of them")

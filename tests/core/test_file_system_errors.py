@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,25 +15,6 @@ from core.cli.main import main
 from core.errors import ClipcoreError, ConfigError, file_system_error
 from core.spec.load import ACTIONS, check, load_config
 from core.train.trainer import Trainer
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a small tmpfs (``mount(options)``); skipped where mounting is not permitted."""
-    mounted = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
 def test_results_dir_under_a_regular_file_is_reported_for_every_action(tmp_path):
