@@ -44,6 +44,7 @@ _HOME = {
     "open_image": "core.images", "decoded": "core.images", "to_rgb": "core.images",
     "IMAGE_EXTENSIONS": "core.images", "parse_captions": "core.captions",
     "Storage": "core.storage", "is_url": "core.storage", "TooLarge": "core.storage",
+    "ARCHIVE_SUFFIXES": "core.storage",
     # preprocessing rules (torch-free)
     "canonicalize_text": "core.preprocess", "SidecarTokenizer": "core.preprocess", "preprocess_images": "core.preprocess",
     "eval_box": "core.preprocess",

@@ -2,6 +2,8 @@
 
 :meth:`Storage.local` gives a local path for a configured path: the path itself when it is local;
 for a URL, the cached copy of the object (a file) or of every object under it (a folder).
+:meth:`Storage.folder` also unpacks an archive (``.tar``, ``.tar.gz``, local or remote) into the
+cache, once, for what reads folders of images.
 
 - **Content check.** Every call lists the URL (one request for a file, one listing for a folder)
   and compares each object's size and ETag (or the store's version field) with the cache entry's
@@ -28,6 +30,8 @@ import json
 import logging
 import os
 import shutil
+import tarfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -43,6 +47,7 @@ from core.errors import DataError, file_system_error
 log = logging.getLogger("clipcore.storage")
 
 MANIFEST = "entry.json"
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _VERSION_FIELDS = ("ETag", "etag", "md5Hash", "VersionId", "generation", "mtime", "LastModified", "updated")
 _CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
@@ -105,6 +110,24 @@ class Storage:
             self._evict(keep=entry)
         data = entry / "data"
         return data / next(iter(objects)) if kind == "file" else data
+
+    def folder(self, path: str, key: str) -> Path:
+        """A local folder holding what ``path`` names: a folder, or an archive's members (unpacked
+        into the cache once per archive content)."""
+        local = self.local(path, key)
+        if local.is_dir() or not local.name.endswith(ARCHIVE_SUFFIXES):
+            return local
+        try:
+            stat = local.stat()
+        except OSError:
+            raise DataError(f"{path} does not exist", where=key, fix="point it at a folder or a .tar/.tar.gz archive"
+                            ) from None
+        version = f"{local.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        entry = self.cache_dir / f"unpacked-{hashlib.sha256(version.encode()).hexdigest()[:24]}"
+        with self._locked(entry, key):
+            if not (entry / MANIFEST).is_file():
+                _unpack(local, entry, path, key)
+        return entry / "data"
 
     def open(self, url: str, key: str) -> IO[bytes]:
         """``url`` opened for reading in place (seeks become range requests)."""
@@ -284,6 +307,24 @@ class _Entry:
         temporary = self.folder / f".{MANIFEST}.{os.getpid()}"
         temporary.write_text(json.dumps(record))
         os.replace(temporary, self.manifest)
+
+
+def _unpack(archive: Path, entry: Path, path: str, key: str) -> None:
+    """Extract ``archive`` (regular files only, no path outside it) into ``entry/data``."""
+    partial = entry / f".partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as members:
+            files = [m for m in members.getmembers() if m.isreg()]
+            members.extractall(partial, members=files, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(f"{path} is not a readable tar archive ({type(exc).__name__}: {exc})", where=key,
+                        fix="check the file (`tar tf` lists it), or point the key at a folder") from None
+    shutil.rmtree(entry / "data", ignore_errors=True)
+    os.replace(partial, entry / "data")
+    record = {"url": path, "kind": "unpacked", "objects": {}, "bytes": sum(m.size for m in files)}
+    (entry / MANIFEST).write_text(json.dumps(record))
 
 
 def _meta(info: dict[str, Any]) -> tuple[int, str]:

@@ -93,7 +93,7 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
     A class's text embedding is the normalised mean of its prompts' embeddings, one prompt per
     template (``evaluate.templates``, else :data:`DEFAULT_TEMPLATES`)."""
     ev = cfg.evaluate
-    folders = class_folders(str(Storage.of(cfg.dataset).local(ev.classification_dir, "evaluate.classification_dir")))
+    folders = class_folders(str(Storage.of(cfg.dataset).folder(ev.classification_dir, "evaluate.classification_dir")))
     names = class_names(folders, ev.class_names_file)
     paths, labels = [], []
     for label, folder in enumerate(folders):

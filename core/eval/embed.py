@@ -39,7 +39,7 @@ from core.bad_samples import BadSample
 from core.errors import ClipcoreError, DataError
 from core.images import IMAGE_EXTENSIONS, decoded_rgb, open_image
 from core.runtime.transforms import eval_transform
-from core.storage import Storage, is_url
+from core.storage import Storage
 
 
 
@@ -140,11 +140,12 @@ def list_images(folder: str | Path, *, key: str) -> list[Path]:
 
 
 def image_files(folder: str, *, key: str, storage: Storage) -> list[tuple[Path, str]]:
-    """The images under ``folder``, a path or a URL (fetched through ``storage``'s cache), as
-    ``(local file, name)``: the name is the image's URL for a remote folder, else the local path."""
-    root = storage.local(folder, key)
+    """The images under ``folder``: a path or a URL (fetched through ``storage``'s cache), of a
+    folder or an archive (unpacked there), as ``(local file, name)``. The name is the local path,
+    or ``<folder as configured>/<relative path>`` for a URL or an archive."""
+    root = storage.folder(folder, key)
     found = list_images(root, key=key)
-    if not is_url(folder):
+    if root == Path(folder).expanduser():
         return [(p, str(p)) for p in found]
     return [(p, f"{folder.rstrip('/')}/{p.relative_to(root).as_posix()}") for p in found]
 

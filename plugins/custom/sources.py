@@ -20,11 +20,10 @@ import tarfile
 from pathlib import Path
 from typing import IO, Callable
 
-from core import BadSample, DataError, Storage, TooLarge
+from core import ARCHIVE_SUFFIXES, BadSample, DataError, Storage, TooLarge
 
 log = logging.getLogger("clipcore.data")
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_COMPRESSED_ARCHIVE_BYTES = 2 << 30
 
 

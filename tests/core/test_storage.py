@@ -178,3 +178,26 @@ def test_validate_reports_an_unwritable_cache_when_data_is_remote(tmp_path, caps
     assert main(["validate", "-c", str(spec), "--action", "train"]) == 2
     err = capsys.readouterr().err
     assert f"dataset.cache_dir: {tmp_path / 'file' / 'cache'} cannot be created: {tmp_path / 'file'} is a file" in err
+
+
+def test_an_archive_is_unpacked_once_for_folder_readers(tmp_path):
+    import tarfile
+    source = tmp_path / "src"
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "x.png").write_bytes(b"png")
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "a", arcname="a")
+        link = tarfile.TarInfo("../escape.png")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+    cache = storage(tmp_path)
+    folder = cache.folder(str(archive), KEY)
+    assert [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()] == ["a/x.png"]
+    assert cache.folder(str(archive), KEY) == folder
+    assert cache.folder(str(source), KEY) == source  # a folder is itself
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError) as err:
+        cache.folder(str(tmp_path / "broken.tar.gz"), KEY)
+    assert f"{KEY}: {tmp_path / 'broken.tar.gz'} is not a readable tar archive" in str(err.value)

@@ -62,7 +62,7 @@ def spec(tmp_path: Path, bucket: dict[str, str], **dataset) -> Path:
                          "augmentation": {"scale": [1.0, 1.0], "color_jitter": [], "grayscale": 0.0}, **dataset},
              "evaluate": {"num_workers": 0, "classification_dir": bucket["classes"]},
              "inference": {"num_workers": 0, "text_file": bucket["prompts"],
-                           "datasets": [{"image_dir": bucket["val"] + "/images"}]}}
+                           "datasets": [{"image_dir": bucket["val"] + "/images"}, {"image_dir": bucket["images"]}]}}
     path = tmp_path / "clip.toml"
     path.write_text(tomli_w.dumps(lines))
     return path
@@ -92,12 +92,14 @@ def test_train_then_evaluate_from_s3_fill_the_cache_once(s3, bucket, tmp_path, c
     assert [m.split(" objects of ")[1].split(" into ")[0] for m in fetched(caplog)] == [bucket["classes"]]
 
 
-def test_inference_from_s3_records_the_images_urls(s3, bucket, tmp_path):
+def test_inference_from_s3_folders_and_archives_records_the_images_urls(s3, bucket, tmp_path):
     results = tmp_path / "results"
     assert main(["inference", "-e", str(spec(tmp_path, bucket)), "-r", str(results)]) == 0
     with h5py.File(results / "inference" / "image_embeddings.h5") as f:
         paths = list(f["image_paths"].asstr())
-    assert len(paths) == 16 and all(p.startswith(bucket["val"] + "/images/val-") for p in paths)
+    assert len(paths) == 16 + 64
+    assert all(p.startswith(bucket["val"] + "/images/val-") for p in paths[:16])
+    assert paths[16] == bucket["images"] + "/train-000000.png"  # TAO's inference spec: an images.tar.gz
     with h5py.File(results / "inference" / "text_embeddings.h5") as f:
         assert list(f["texts"].asstr()) == ["a red circle", "a small blue square"]
 
