@@ -17,6 +17,10 @@ Kinds: ``flat`` (exact: ``IndexFlatIP``), ``hnsw`` (``IndexHNSWFlat``: ``hnsw_m`
 sample of ``train_sample`` rows, searching ``nprobe`` lists, the ``k_factor`` × k best candidates
 re-ranked with 8-bit scalar-quantized vectors: ``Refine(SQ8)``, a quarter of the float32 size). ``auto`` picks flat below ``FLAT_BELOW`` rows, HNSW below
 ``HNSW_BELOW``, IVF-PQ beyond. Written files are replaced atomically.
+
+With a GPU build of FAISS (``faiss-gpu``) and GPUs visible, IVF's k-means runs on every GPU, and a
+flat index searches on them; HNSW and IVF-PQ with re-ranking search on the CPU (FAISS has no GPU
+form of them). ``faiss-cpu`` sees no GPUs and uses none.
 """
 
 from __future__ import annotations
@@ -167,9 +171,19 @@ def new_index(kind: str, dim: int, rows: int, params: IndexParams) -> tuple[Any,
                             fix=f"choose a divisor of {dim} (e.g. {_pq_m(dim)})")
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x8,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
     index.k_factor = params.k_factor
-    faiss.extract_index_ivf(index).nprobe = params.nprobe
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = params.nprobe
+    if gpu_count():
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
     return index, {"nlist": nlist, "pq_m": pq_m, "nprobe": params.nprobe, "k_factor": params.k_factor,
                    "train_sample": params.train_sample}
+
+
+def gpu_count() -> int:
+    """GPUs a GPU build of FAISS sees (0 with ``faiss-cpu``)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
 def train_sample(files: Sequence[EmbeddingFile], size: int, seed: int) -> np.ndarray:
@@ -292,7 +306,8 @@ class Index:
                     for r in rows]
 
 
-def open_index(folder: str | Path, *, key: str = "--index") -> Index:
+def open_index(folder: str | Path, *, key: str = "--index", for_search: bool = True) -> Index:
+    """The index in ``folder``; ``for_search``: a flat index moves to the GPUs where there are any."""
     import faiss
 
     path = Path(folder).expanduser()
@@ -300,14 +315,18 @@ def open_index(folder: str | Path, *, key: str = "--index") -> Index:
     if not meta_file.is_file() or not (path / INDEX_FILE).is_file():
         raise DataError(f"{path} is not an index folder (no {META_FILE} / {INDEX_FILE})", where=key,
                         fix="pass a folder written by `core index build`")
-    return Index(path, faiss.read_index(str(path / INDEX_FILE)), json.loads(meta_file.read_text(encoding="utf-8")))
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    index = faiss.read_index(str(path / INDEX_FILE))
+    if for_search and meta["kind"] == "flat" and gpu_count():
+        index = faiss.index_cpu_to_all_gpus(index)
+    return Index(path, index, meta)
 
 
 def add_to_index(folder: str | Path, paths: Sequence[str | Path], *, progress: Progress = lambda n: None) -> dict:
     """Append embedding files to an index (same model and width); the folder is rewritten atomically."""
     import faiss
 
-    index = open_index(folder)
+    index = open_index(folder, for_search=False)
     files = [open_embedding_file(p, key="--embeddings") for p in paths]
     _check_files(files, index.meta["model"], index.meta["dim"], "--embeddings")
     tmp = index.folder.with_name(f".{index.folder.name}.{os.getpid()}.tmp")

@@ -126,3 +126,22 @@ def test_exact_search_selects_like_a_full_sort_with_ties(tmp_path):
     want = np.lexsort((np.broadcast_to(np.arange(120), full.shape), -full), axis=-1)[:, :7]
     np.testing.assert_array_equal(rows, want)
     np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(__import__("core.eval.index", fromlist=["gpu_count"]).gpu_count() == 0,
+                    reason="needs a GPU build of FAISS (faiss-gpu) and a GPU")
+@pytest.mark.parametrize("kind, extra", [("flat", []), ("ivfpq", ["--nlist", "16", "--nprobe", "16", "--pq-m", "8"])])
+def test_gpu_faiss_searches_like_the_cpu(kind, extra, tmp_path):
+    import faiss
+
+    vectors = clustered(3000, 32, 0)
+    h5 = embedding_file(tmp_path / "e.h5", vectors)
+    assert main(["index", "build", str(h5), "--out", str(tmp_path / "idx"), "--kind", kind, *extra]) == 0
+    on_gpus = open_index(tmp_path / "idx")
+    assert ("Gpu" in type(on_gpus.faiss_index).__name__ or "Shards" in type(on_gpus.faiss_index).__name__) == (
+        kind == "flat")
+    queries = clustered(50, 32, 1)
+    _, got = on_gpus.search(queries, 10)
+    _, want = faiss.read_index(str(tmp_path / "idx" / "index.faiss")).search(queries, 10)
+    assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.tolist(), want.tolist())]) >= 0.98
