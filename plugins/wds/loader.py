@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from core import BadSampleLog, DataError, DataRequest, check_global_batch, finish_batch, worker_seeds
+from core import BadSampleLog, DataError, DataRequest, Storage, check_global_batch, finish_batch, worker_seeds
 from plugins.wds.config import SECTION
 from plugins.wds.shards import count_samples, list_shards
 from plugins.wds.stream import SAMPLE_FIELDS, ShardStream, WorkerStart, batches_per_rank, identity
@@ -140,7 +140,8 @@ def build(request: DataRequest) -> ShardLoader:
     cfg = request.config
     wds = SECTION.of(cfg)
     bad_samples = BadSampleLog.from_request(request)
-    shards = list_shards(wds, bad_samples.record_shared)
+    storage = Storage.of(cfg.dataset)
+    shards = list_shards(wds, bad_samples.record_shared, storage)
     world, batch = request.world_size, request.batch_size
     if len(shards) < world:
         raise DataError(f"{len(shards)} shard(s) for {world} processes: every process needs at least one shard",
@@ -156,5 +157,5 @@ def build(request: DataRequest) -> ShardLoader:
     stream = ShardStream(shards, sizes, samples=batches * batch, transform=request.transform,
                          max_pixels=cfg.dataset.max_image_pixels, caption_mode=wds.caption_mode,
                          buffer=wds.shuffle_buffer, seed=request.seed, rank=request.rank, world_size=world,
-                         workers=request.num_workers, chunk=batch)
+                         workers=request.num_workers, chunk=batch, storage_options=storage.options)
     return ShardLoader(stream, batches, request, bad_samples)

@@ -4,8 +4,9 @@ Shards come from ``dataset.train.wds``: ``shard_list_file`` (one shard per line,
 ``#`` comments ignored, brace expansion ``shard-{000..099}.tar``; relative lines resolve under
 ``root_dir`` if set, else under the list file's folder) or else every ``*.tar`` under
 ``root_dir``, sorted. Remote shards: ``pipe:<command>`` and ``http(s)://`` open through
-webdataset's ``gopen`` (curl); other URLs (``s3://``, ``gs://``, ...) through fsspec, which
-needs the matching filesystem package (s3fs, gcsfs) and its usual credentials.
+webdataset's ``gopen`` (curl); other URLs (``s3://``, ``gs://``, ...) are streamed through fsspec
+with ``dataset.storage_options``, which needs the matching filesystem package (s3fs, gcsfs) and
+takes its usual credentials. A remote ``shard_list_file`` is read through the data cache.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import fsspec
 import webdataset
 from webdataset.tariterators import base_plus_ext
 
-from core import BadSample, ConfigError, DataError
+from core import BadSample, ConfigError, DataError, Storage, is_url
 from plugins.wds.config import SECTION, require_shards
 
 GOPEN_SCHEMES = ("pipe:", "http://", "https://")
@@ -30,12 +31,12 @@ def is_remote(url: str) -> bool:
     return url.startswith("pipe:") or "://" in url
 
 
-def list_shards(wds: Any, record: Callable[[str, str, str], None]) -> list[str]:
+def list_shards(wds: Any, record: Callable[[str, str, str], None], storage: Storage) -> list[str]:
     """Every shard of ``wds`` (a :class:`plugins.wds.config.WdsConfig`); missing local shards go to
     ``record`` (skipped, or an error under ``on_bad_sample = "error"``)."""
     require_shards(wds)
     if wds.shard_list_file:
-        shards = _from_list(wds.shard_list_file, wds.root_dir)
+        shards = _from_list(wds.shard_list_file, wds.root_dir, storage)
     else:
         root = Path(wds.root_dir).expanduser()
         if is_remote(wds.root_dir) or not root.is_dir():
@@ -54,13 +55,15 @@ def list_shards(wds: Any, record: Callable[[str, str, str], None]) -> list[str]:
     return present
 
 
-def _from_list(list_file: str, root_dir: str | None) -> list[str]:
+def _from_list(list_file: str, root_dir: str | None, storage: Storage) -> list[str]:
+    key = f"{SECTION.path}.shard_list_file"
     try:
-        lines = Path(list_file).expanduser().read_text(encoding="utf-8").splitlines()
+        lines = storage.local(list_file, key).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the shard list ({type(exc).__name__}: {exc})",
-                        where=f"{SECTION.path}.shard_list_file", fix="point it at a text file, one shard per line") from None
-    base = root_dir if root_dir else str(Path(list_file).expanduser().resolve().parent)
+                        where=key, fix="point it at a text file, one shard per line") from None
+    base = root_dir or (list_file.rpartition("/")[0] if is_url(list_file)
+                        else str(Path(list_file).expanduser().resolve().parent))
     shards = []
     for line in lines:
         line = line.strip()
@@ -76,13 +79,13 @@ def _from_list(list_file: str, root_dir: str | None) -> list[str]:
     return shards
 
 
-def open_shard(url: str) -> IO[bytes]:
+def open_shard(url: str, storage_options: dict[str, Any]) -> IO[bytes]:
     """A binary stream of the shard; raises :class:`BadSample` (``unreachable-shard``)."""
     try:
         if url.startswith(GOPEN_SCHEMES):
             return webdataset.gopen(url, "rb")
         if "://" in url:
-            return fsspec.open(url, "rb").open()
+            return fsspec.open(url, "rb", **storage_options).open()
         return open(url, "rb")
     except FileNotFoundError:
         raise BadSample("missing-shard", "no such file", path=url) from None
@@ -92,11 +95,11 @@ def open_shard(url: str) -> IO[bytes]:
         raise BadSample("unreachable-shard", f"{type(exc).__name__}: {exc}", path=url) from None
 
 
-def read_shard(url: str) -> Iterator[dict[str, Any] | BadSample]:
+def read_shard(url: str, storage_options: dict[str, Any]) -> Iterator[dict[str, Any] | BadSample]:
     """The shard's samples as dicts ``{"__key__", "__url__", <lower-case extension>: bytes}``,
     grouped by key as WebDataset does; a read failure ends the shard with a :class:`BadSample`."""
     try:
-        stream = open_shard(url)
+        stream = open_shard(url, storage_options)
     except BadSample as exc:
         yield exc
         return

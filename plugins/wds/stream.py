@@ -76,10 +76,12 @@ class ShardStream(IterableDataset):
     """This rank's samples for ``epoch``, as chunks from each loader worker (see ``__iter__``)."""
 
     def __init__(self, shards: list[str], sizes: list[int], *, samples: int, transform: Any, max_pixels: int,
-                 caption_mode: str, buffer: int, seed: int, rank: int, world_size: int, workers: int, chunk: int):
+                 caption_mode: str, buffer: int, seed: int, rank: int, world_size: int, workers: int, chunk: int,
+                 storage_options: dict[str, Any]):
         self.shards, self.sizes, self.samples, self.chunk = shards, sizes, samples, chunk
         self.transform, self.max_pixels, self.caption_mode, self.buffer = transform, max_pixels, caption_mode, buffer
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, max(workers, 1)
+        self.storage_options = storage_options  # of fsspec, for remote shards
         self.epoch = 0
         self.starts = [WorkerStart() for _ in range(self.workers)]
         self.first_worker = 0  # the worker whose chunk the loader takes first (a resumed epoch's next one)
@@ -154,7 +156,7 @@ class ShardStream(IterableDataset):
             rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{number}")
             buffer: list[dict[str, Any]] = []
             for url in shards:
-                for item in read_shard(url):
+                for item in read_shard(url, self.storage_options):
                     if isinstance(item, BadSample):
                         yield item
                         continue

@@ -124,3 +124,23 @@ def test_a_missing_archive_stops_training_with_the_url(s3, bucket, tmp_path, cap
     assert main(["train", "-e", str(path), "-r", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err
     assert f"dataset.train.datasets.0.image_dir: no object at {missing}" in err and "Traceback" not in err
+
+
+def test_wds_shards_listed_on_s3_stream_with_the_spec_storage_options(s3, tmp_path, monkeypatch):
+    """The seed's WDS job: root_dir and shard_list_file on S3; the endpoint from dataset.storage_options."""
+    data = tmp_path / "wds"
+    assert main(["demo-data", str(data), "--format", "wds", "--n", "64", "--val", "16", "--class-images", "0",
+                 "--detection-frames", "0"]) == 0
+    root = s3.upload(data / "train", "wds")
+    s3.put("wds/shards.txt", b"shard-{000000..000007}.tar\n")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    table = {"model": MODEL, "train": {"num_epochs": 1, "loss_type": "clip", "precision": "fp32", "loggers": []},
+             "dataset": {"cache_dir": str(tmp_path / "cache"), "storage_options": {"endpoint_url": s3.endpoint},
+                         "train": {"type": "wds", "batch_size": 16, "num_workers": 2,
+                                   "wds": {"root_dir": root, "shard_list_file": root + "/shards.txt",
+                                           "samples_per_shard": 8, "caption_mode": "lines"}}}}
+    path, results = tmp_path / "wds.toml", tmp_path / "results"
+    path.write_text(tomli_w.dumps(table))
+    assert main(["train", "-e", str(path), "-r", str(results)]) == 0
+    lines = [json.loads(line) for line in (results / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert max(line["step"] for line in lines) == 4 and not (results / "train" / "bad_samples.jsonl").exists()

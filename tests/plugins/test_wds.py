@@ -12,10 +12,13 @@ import torch
 
 from core.data import RawSample
 from core.errors import ConfigError
+from core.storage import Storage
 from plugins import wds
 from plugins.wds.config import SECTION, WdsConfig
 from plugins.wds.shards import list_shards
 from plugins.wds.writer import write_shards
+
+LOCAL = Storage(Path("/nonexistent-cache"), 1 << 30)  # local lists: never used
 
 torch.set_num_threads(1)
 
@@ -45,7 +48,7 @@ def test_root_dir_is_searched_recursively_in_sorted_order(tmp_path, data_kit):
     write_shards(tmp_path / "b", samples(data_kit, 4), shards=2)
     write_shards(tmp_path / "a" / "deep", samples(data_kit, 2), shards=1)
     (tmp_path / "a" / "notes.txt").write_text("not a shard")
-    shards = list_shards(wds_config(data_kit, tmp_path).plugins[SECTION.path], never)
+    shards = list_shards(wds_config(data_kit, tmp_path).plugins[SECTION.path], never, LOCAL)
     assert [str(Path(s).relative_to(tmp_path)) for s in shards] == [
         "a/deep/shard-000000.tar", "b/shard-000000.tar", "b/shard-000001.tar"]
 
@@ -55,10 +58,10 @@ def test_shard_list_resolves_relative_lines_and_expands_braces(tmp_path, data_ki
     listing = tmp_path / "lists" / "shards.txt"
     listing.parent.mkdir()
     listing.write_text(f"# comment\n\nshard-{{000000..000001}}.tar\n{tmp_path}/data/shard-000002.tar\n")
-    shards = list_shards(wds_config(data_kit, tmp_path / "data", listing).plugins[SECTION.path], never)
+    shards = list_shards(wds_config(data_kit, tmp_path / "data", listing).plugins[SECTION.path], never, LOCAL)
     assert shards == [str(tmp_path / "data" / f"shard-00000{i}.tar") for i in range(3)]
     listing.write_text("../data/shard-00000{0,2}.tar\n")  # no root_dir: relative to the list's folder
-    shards = list_shards(wds_config(data_kit, None, listing).plugins[SECTION.path], never)
+    shards = list_shards(wds_config(data_kit, None, listing).plugins[SECTION.path], never, LOCAL)
     assert [Path(s).resolve() for s in shards] == [tmp_path / "data" / "shard-000000.tar",
                                                    tmp_path / "data" / "shard-000002.tar"]
 
