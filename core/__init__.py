@@ -51,6 +51,9 @@ _HOME = {
     # exporter / engine-builder contracts and the export artifact (sidecar) contract
     "Exporter": "core.exporter", "EngineBuilder": "core.exporter", "Runner": "core.exporter",
     "artifact": "core.artifact",
+    # reduced-precision exports: calibration data and the accuracy gate
+    "calibration_data": "core.eval.precision", "CalibrationData": "core.eval.precision",
+    "accuracy_gate": "core.eval.precision",
     # classifier heads (linear probes, calibrated zero-shot classifiers) exported with the image graph
     "Classifier": "core.classifier", "ClassifierHead": "core.classifier", "load_classifier": "core.classifier",
     # experiment-logger contract and the metrics.jsonl run record

@@ -28,10 +28,12 @@ def default_providers() -> list[str]:
 class OrtGraph:
     """One ONNX file in an ``InferenceSession`` (see :class:`deploy.runner.Graph`)."""
 
-    def __init__(self, path: Path, providers: Sequence[str], threads: int | None = None):
+    def __init__(self, path: Path, providers: Sequence[str], threads: int | None = None, fp16: bool = False):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if fp16 and providers[0] == "CPUExecutionProvider":  # the CPU layout optimizations crash on fp16 graphs
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # (seen: ORT 1.32)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -54,4 +56,5 @@ def open_runner(path: str | Path, *, providers: Sequence[str] | None = None, bat
     for file in artifacts.files.values():
         artifact.check_external_data(file, artifacts.deploy)
     providers = list(providers) if providers else default_providers()
-    return EmbeddingRunner(artifacts, lambda file: OrtGraph(file, providers, threads), batch_size=batch_size)
+    fp16 = artifacts.deploy.get("precision") == "fp16"
+    return EmbeddingRunner(artifacts, lambda file: OrtGraph(file, providers, threads, fp16), batch_size=batch_size)

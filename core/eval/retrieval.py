@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
@@ -17,14 +18,21 @@ from core.eval.metrics import retrieval_metrics
 from core.registry import get_registry
 from core.runtime.distributed import World
 
-def retrieval_results(cfg, encoder: Encoder, world: World, *, batch_size: int, num_workers: int,
-                      results_dir: Path | None, bad_samples: BadSampleLog | None = None,
-                      progress=None) -> dict[str, Any] | None:
-    """Retrieval metrics of ``encoder`` on ``dataset.val`` (every rank takes part); on rank 0
-    ``num_images``, ``num_texts``, the metric keys and the skip counts, ``None`` elsewhere.
+@attrs.frozen
+class ValEmbeddings:
+    """An encoder's embeddings of ``dataset.val`` (rank 0): ``images`` ``[N, D]`` (zero rows where
+    ``loaded`` is false: unreadable images), ``texts`` ``[M, D]``, ``caption_image`` ``[M]``."""
 
-    An image that cannot be read is left out with its captions (counted in
-    ``skipped_images`` / ``skipped_texts``)."""
+    images: torch.Tensor
+    texts: torch.Tensor
+    caption_image: np.ndarray
+    loaded: np.ndarray
+
+
+def val_embeddings(cfg, encoder: Encoder, world: World, *, batch_size: int, num_workers: int,
+                   results_dir: Path | None, bad_samples: BadSampleLog | None = None,
+                   progress=None) -> ValEmbeddings | None:
+    """Embed ``dataset.val`` (every rank takes part); the embeddings on rank 0, ``None`` elsewhere."""
     val = cfg.dataset.val
     fmt = get_registry().get("dataset_formats", val.type, key="dataset.val.type")
     if fmt.retrieval is None:
@@ -49,12 +57,29 @@ def retrieval_results(cfg, encoder: Encoder, world: World, *, batch_size: int, n
     if not loaded.any():
         raise DataError(f"none of the {len(loaded)} evaluation images could be read", where="dataset.val.datasets",
                         fix="see bad_samples.jsonl for the reasons")
+    return ValEmbeddings(image_embeddings, texts, caption_image, loaded)
+
+
+def retrieval_results(cfg, encoder: Encoder, world: World, *, batch_size: int, num_workers: int,
+                      results_dir: Path | None, bad_samples: BadSampleLog | None = None,
+                      progress=None) -> dict[str, Any] | None:
+    """Retrieval metrics of ``encoder`` on ``dataset.val`` (every rank takes part); on rank 0
+    ``num_images``, ``num_texts``, the metric keys and the skip counts, ``None`` elsewhere.
+
+    An image that cannot be read is left out with its captions (counted in
+    ``skipped_images`` / ``skipped_texts``)."""
+    found = val_embeddings(cfg, encoder, world, batch_size=batch_size, num_workers=num_workers,
+                           results_dir=results_dir, bad_samples=bad_samples, progress=progress)
+    return None if found is None else metrics_of(found, cfg.evaluate.tie_policy, world.device)
+
+
+def metrics_of(found: ValEmbeddings, tie_policy: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Retrieval metrics of embedded ``dataset.val`` (unreadable images left out with their captions)."""
+    loaded, caption_image = found.loaded, found.caption_image
     kept_texts = loaded[caption_image]
     new_index = np.cumsum(loaded) - 1
-    device = world.device
-    tie_policy = cfg.evaluate.tie_policy
-    metrics = retrieval_metrics(image_embeddings[torch.from_numpy(loaded)].to(device),
-                                texts[torch.from_numpy(kept_texts)].to(device), new_index[caption_image[kept_texts]],
-                                tie_policy=tie_policy)
+    metrics = retrieval_metrics(found.images[torch.from_numpy(loaded)].to(device),
+                                found.texts[torch.from_numpy(kept_texts)].to(device),
+                                new_index[caption_image[kept_texts]], tie_policy=tie_policy)
     return {"num_images": int(loaded.sum()), "num_texts": int(kept_texts.sum()), "tie_policy": tie_policy, **metrics,
             "skipped_images": int((~loaded).sum()), "skipped_texts": int((~kept_texts).sum())}

@@ -396,6 +396,18 @@ class ExportConfig:
     classifier: str | None = opt(
         None, "A classifier file (`core linear-probe` / `core calibrate`) to export with the image graph: it then "
               "also outputs logits and probabilities, and the sidecar names the classes.", path="file")
+    precision: Literal["fp32", "fp16", "int8"] = opt(
+        "fp32", "fp32 | fp16 (LayerNorm, Softmax and the final normalisation stay fp32) | int8 (ONNX Runtime static "
+                "QDQ quantization, per-channel weights, calibrated on calibration_images training images). A "
+                "reduced precision is scored on dataset.val against fp32 and refused (nothing written) when it "
+                "fails the gate: max_recall_drop, min_cosine.")
+    calibration_images: int = opt(256, "int8: training images (dataset.train) the activation ranges are calibrated "
+                                       "on.", validator=at_least(1))
+    max_recall_drop: float = opt(1.0, "Gate: the most R@1 (image-to-text or text-to-image, on dataset.val) a "
+                                      "reduced precision may lose, in points.", validator=at_least(0.0))
+    min_cosine: float = opt(0.99, "Gate: the lowest cosine allowed between a reduced-precision embedding and the "
+                                  "fp32 model's, over dataset.val's images and captions.",
+                            validator=Rule(lambda v: 0 < v <= 1, "in (0, 1]"))
     force: bool = opt(False, "Overwrite existing output files.")
     gpu_id: int = opt(0, "GPU used for export.", validator=at_least(0))
     on_cpu: bool = opt(False, "Export on CPU.")

@@ -270,6 +270,10 @@ class _Checker:
             self.plugin(exporter, "export")
         self.exists("export.checkpoint", ex.checkpoint, "file", made_by="train")
         self.path_fields("export", ex)
+        if ex.precision != "fp32" and not self.cfg.dataset.val.datasets:
+            self.problem("dataset.val.datasets", f"export.precision = {ex.precision!r} is scored on dataset.val "
+                         "before the export is kept, and dataset.val has no data",
+                         "add [[dataset.val.datasets]] (held-out image-caption pairs), or export fp32")
         if ex.onnx_file is not None and not ex.force:
             outputs = [Path(ex.onnx_file)] if ex.encoder_type == "combined" else tower_paths(ex.onnx_file)
             taken = [str(p) for p in outputs if p.exists()]

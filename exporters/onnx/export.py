@@ -8,8 +8,11 @@
 - Dynamic batch (axis 0 named ``batch_size``) when ``export.batch_size == -1``; H, W, L static.
 - Graphs over :data:`EXTERNAL_DATA_BYTES` of weights keep them in one external-data file
   ``<file stem>_weights.bin`` beside the ``.onnx`` (which records that name: never rename it).
+- ``export.precision`` fp16 / int8 (:mod:`exporters.onnx.precision`): the checked fp32 graphs are
+  converted, then the export is scored on ``dataset.val`` by :func:`core.accuracy_gate` before it
+  is kept; the sidecar records the precision and what the gate measured.
 - All files are written in a temporary folder beside the target and moved into place at the end;
-  existing outputs are refused unless ``export.force``.
+  existing outputs (and a refused export) leave the targets untouched unless ``export.force``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import onnx
 import torch
 import yaml
 
-from core import ClassifierHead, ClipcoreError, ConfigError, artifact, load_classifier
+from core import ClassifierHead, ClipcoreError, ConfigError, accuracy_gate, artifact, calibration_data, load_classifier
+from exporters.onnx import precision
 from exporters.onnx.graphs import CLASSIFIER_OUTPUTS, GRAPHS
 from exporters.onnx.sidecar import config_document, deploy_section
 
@@ -63,6 +67,7 @@ def export_onnx(model, cfg) -> list[Path]:
     model = model.float().eval()
     classifier = _classifier(model, ec)
     head = ClassifierHead(classifier).eval() if classifier else None
+    calibration = calibration_data(cfg, model, base.parent) if ec.precision == "int8" else None
     with tempfile.TemporaryDirectory(prefix=".export-", dir=base.parent) as tmp:
         staged: dict[Path, Path] = {}
         external: dict[str, str] = {}
@@ -74,6 +79,8 @@ def export_onnx(model, cfg) -> list[Path]:
             _record_io(proto, io)
             written = save(proto, Path(tmp) / path.name)
             check(model, tower, written[0], ec, head)
+            if ec.precision != "fp32":
+                written = reduce_precision(written, ec, calibration)
             if len(written) > 1:
                 external[path.name] = written[1].name
             staged.update({w: path.with_name(w.name) for w in written})
@@ -82,8 +89,18 @@ def export_onnx(model, cfg) -> list[Path]:
         deploy = deploy_section(model, cfg, files, external, io)
         if classifier:
             deploy["classifier"] = classifier.sidecar()
-        doc = config_document(model, cfg, deploy)
-        (Path(tmp) / config_path.name).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+
+        def write_config() -> None:
+            text = yaml.safe_dump(config_document(model, cfg, deploy), sort_keys=False)
+            (Path(tmp) / config_path.name).write_text(text, encoding="utf-8")
+
+        write_config()
+        if ec.precision != "fp32":
+            from deploy.onnxruntime_runner import open_runner
+
+            deploy["precision_gate"] = accuracy_gate(cfg, model, open_runner(Path(tmp) / Path(ec.onnx_file).name),
+                                                     ec.precision)
+            write_config()
         staged[Path(tmp) / config_path.name] = config_path
         for src, dst in staged.items():
             if dst.is_dir():
@@ -93,6 +110,23 @@ def export_onnx(model, cfg) -> list[Path]:
             if path.exists() and path.name not in external.values():
                 path.unlink()  # a stale weights file of an earlier, larger export (overwritten with --force)
     return list(files.values())
+
+
+def reduce_precision(written: list[Path], ec, calibration) -> list[Path]:
+    """Replace the checked fp32 graph (``written``: model file first) by its ``export.precision``
+    version; returns the files now written."""
+    path = written[0]
+    if ec.precision == "fp16":
+        proto = precision.to_fp16(onnx.load(str(path)))
+    else:
+        if ec.batch_size > len(calibration.images):
+            raise ConfigError(f"the static export batch {ec.batch_size} is larger than the {len(calibration.images)} "
+                              "calibration images", where="export.calibration_images",
+                              fix=f"set export.calibration_images >= {ec.batch_size}, or export a dynamic batch (-1)")
+        proto = precision.to_int8(path, path, calibration, ec.batch_size)
+    for old in written:
+        old.unlink()
+    return save(proto, path)
 
 
 def _classifier(model, ec):

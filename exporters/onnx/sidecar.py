@@ -50,6 +50,7 @@ def deploy_section(model, cfg, files: dict[str, Path], external: dict[str, str],
         "logit_scale": {"log": scale, "exp": math.exp(scale), "convention": CONVENTION},
         "logit_bias": 0.0 if bias is None else bias,
         "matching": "softmax" if bias is None else "sigmoid",
+        "precision": cfg.export.precision,
         "provenance": dict(model.provenance),
     }
 

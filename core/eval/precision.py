@@ -1,0 +1,118 @@
+"""Reduced-precision exports: their calibration data, and the accuracy gate that keeps or refuses them.
+
+- :func:`calibration_data`: ``export.calibration_images`` training pairs (``dataset.train``, in the
+  format's seeded order, with the evaluation transform): image tensors and token ids for an
+  exporter's quantization calibration. Unreadable images are skipped and reported.
+- :func:`accuracy_gate`: a reduced-precision export (its runner) scored on ``dataset.val`` against
+  the fp32 model: R@1 in both directions, and the cosine between the two models' embeddings of
+  every image and caption. It is refused, naming both numbers, when R@1 drops by more than
+  ``export.max_recall_drop`` points or a cosine falls below ``export.min_cosine``; otherwise the
+  record of what was measured is returned, for the export's sidecar.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from core.bad_samples import BadSampleLog
+from core.data import DataRequest
+from core.errors import ClipcoreError, ConfigError, DataError
+
+log = logging.getLogger("clipcore.export")
+
+GATED_METRICS = ("i2t_R@1", "t2i_R@1")
+CALIBRATION_SKIPPED_FILE = "calibration_skipped.jsonl"
+
+
+@attrs.frozen
+class CalibrationData:
+    """``images`` float32 ``[N, 3, H, W]`` (the model's input) and ``input_ids`` int64 ``[N, L]``
+    (one caption of each image); ``skipped``: unreadable images left out."""
+
+    images: np.ndarray
+    input_ids: np.ndarray
+    skipped: int
+
+
+def calibration_data(cfg, model, out_dir: Path) -> CalibrationData:
+    """``cfg.export.calibration_images`` pairs of ``dataset.train`` for ``model``'s input."""
+    from core.registry import get_registry
+    from core.runtime.transforms import eval_transform
+
+    count, train = cfg.export.calibration_images, cfg.dataset.train
+    fmt = get_registry().get("dataset_formats", train.type, key="dataset.train.type")
+    bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, file_name=CALIBRATION_SKIPPED_FILE, phase="calibration")
+    batch = min(count, 8)
+    request = DataRequest(config=cfg, transform=eval_transform(model.preprocess), tokenizer=model.tokenizer,
+                          batch_size=batch, seed=cfg.dataset.seed, num_workers=0, bad_samples=bad,
+                          results_dir=str(out_dir))
+    loader = fmt.build(request)
+    loader.set_epoch(0)
+    images, ids = [], []
+    for found in loader:
+        images.append(found["image"].float().numpy())
+        ids.append(found["input_ids"].to(torch.int64).numpy())
+        if sum(len(i) for i in images) >= count:
+            break
+    skipped = sum(bad.totals.values())
+    if skipped:
+        log.warning("export calibration: skipped %d unreadable training images (listed in %s)", skipped,
+                    out_dir / CALIBRATION_SKIPPED_FILE)
+    if not images:
+        raise DataError("no calibration image could be read from dataset.train", where="export.calibration_images",
+                        fix=f"see {out_dir / CALIBRATION_SKIPPED_FILE}")
+    return CalibrationData(np.concatenate(images)[:count], np.concatenate(ids)[:count], skipped)
+
+
+def accuracy_gate(cfg, model, runner, precision: str) -> dict[str, Any]:
+    """Score ``runner`` (the ``precision`` export of ``model``) against ``model`` in fp32 on
+    ``dataset.val``; raise :class:`ClipcoreError` when it fails the gate, else return the record."""
+    from core.eval.embed import ModelEncoder, RunnerEncoder
+    from core.eval.retrieval import metrics_of, val_embeddings
+    from core.runtime.distributed import World
+
+    ec = cfg.export
+    if not cfg.dataset.val.datasets:
+        raise ConfigError(f"an {precision} export is scored on dataset.val before it is kept, and dataset.val has "
+                          "no data", where="dataset.val.datasets",
+                          fix="configure dataset.val (held-out image-caption pairs), or export fp32")
+    world = World(0, 1, 0, torch.device("cpu"))
+    model = model.float().eval()
+    options = dict(batch_size=cfg.evaluate.batch_size, num_workers=0, results_dir=None)
+    reference = val_embeddings(cfg, ModelEncoder(model), world, **options)
+    reduced = val_embeddings(cfg, RunnerEncoder(runner, source={}), world, **options)
+    before, after = (metrics_of(found, cfg.evaluate.tie_policy) for found in (reference, reduced))
+    loaded = reference.loaded & reduced.loaded
+    cosine = {"image": _min_cosine(reference.images[torch.from_numpy(loaded)], reduced.images[torch.from_numpy(loaded)]),
+              "text": _min_cosine(reference.texts, reduced.texts)}
+    drops = {k: 100 * (before[k] - after[k]) for k in GATED_METRICS}
+    record = {"dataset": "dataset.val", "images": int(loaded.sum()), "texts": len(reference.texts),
+              "fp32": {k: before[k] for k in GATED_METRICS}, precision: {k: after[k] for k in GATED_METRICS},
+              "recall_drop_points": drops, "max_recall_drop": ec.max_recall_drop,
+              "min_cosine": cosine, "min_cosine_allowed": ec.min_cosine}
+    worst = max(drops, key=drops.get)
+    if drops[worst] > ec.max_recall_drop:
+        raise ClipcoreError(
+            f"the {precision} export loses {drops[worst]:.2f} points of {worst} on dataset.val "
+            f"(fp32 {100 * before[worst]:.2f}, {precision} {100 * after[worst]:.2f}; allowed: "
+            f"{ec.max_recall_drop:g}); nothing was written", where="export.precision",
+            fix="keep fp32 (or try fp16), or raise export.max_recall_drop if the loss is acceptable")
+    low = min(cosine, key=cosine.get)
+    if cosine[low] < ec.min_cosine:
+        raise ClipcoreError(
+            f"the {precision} export's {low} embeddings differ from fp32: lowest cosine {cosine[low]:.5f} on "
+            f"dataset.val (allowed: {ec.min_cosine:g}); R@1 fp32 / {precision}: "
+            + ", ".join(f"{k} {100 * before[k]:.2f} / {100 * after[k]:.2f}" for k in GATED_METRICS)
+            + "; nothing was written", where="export.precision",
+            fix="keep fp32 (or try fp16), or lower export.min_cosine if the difference is acceptable")
+    return record
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).min())
