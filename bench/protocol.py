@@ -5,7 +5,7 @@
 - A figure is the median over rounds of the per-round ratio, printed with its min–max.
 - The machine must be idle: the 1-minute load average before the first round must be below the
   core count (the run waits up to ``LOAD_WAIT_S`` for it to fall, e.g. after another benchmark), and other processes may use at most ``FOREIGN_CPU_LIMIT`` cores on average during
-  the rounds (measured from ``/proc/stat`` minus this process tree's own CPU time). Otherwise no
+  the rounds (measured from ``/proc/stat`` minus the CPU time of this process tree, live children included). Otherwise no
   figure is printed and the run exits non-zero, unless ``--force`` (the output then says so).
 """
 
@@ -50,9 +50,30 @@ def _busy_seconds() -> float:
 
 
 def _own_seconds() -> float:
-    """CPU seconds of this process and of its waited-for descendants."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+    """CPU seconds of this process tree: this process, its waited-for descendants, and the live
+    ones (persistent data-loader workers, servers it started), read from ``/proc``."""
+    waited = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return waited + _live_descendant_seconds()
+
+
+def _live_descendant_seconds() -> float:
+    parents, ticks = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()  # after "(command)", which may hold spaces
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
+        mine |= frontier
+    return sum(ticks[pid] for pid in mine) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

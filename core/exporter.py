@@ -41,6 +41,9 @@ class Exporter:
     - ``suffixes``: file suffixes of its artifacts (``.onnx``).
     - ``open_runner(path) -> Runner``: optional; loads an artifact (or the base path of a separate
       export) for deploy-time evaluate/inference.
+    - ``precisions``: the ``export.precision`` values it writes (core refuses the others up front).
+      A reduced precision is scored with :func:`core.accuracy_gate` before its files are kept, and
+      ``int8`` calibrated on :func:`core.calibration_data`.
     - ``config_sections``, ``check(cfg)``: as on :class:`core.data.DatasetFormat`, for ``core export``.
     """
 
@@ -48,6 +51,7 @@ class Exporter:
     export: Callable[[Any, Any], list[Path]]
     suffixes: tuple[str, ...]
     open_runner: Callable[[Path], Runner] | None = None
+    precisions: tuple[str, ...] = ("fp32",)
     description: str = ""
     config_sections: tuple[Any, ...] = ()
     check: Callable[[Any], None] | None = None

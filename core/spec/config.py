@@ -167,6 +167,9 @@ class TrainConfig:
     grad_clip_norm: float | None = opt(None, "Clip the global gradient norm to this value.",
                                        validator=above(0))
     grad_checkpointing: bool = opt(False, "Activation (gradient) checkpointing.")
+    compile: bool = opt(False, "torch.compile each transformer block of both towers (before DDP / FSDP2 wrapping); "
+                               "where it cannot work (no C++ compiler for the CPU backend, ...) training runs eager "
+                               "after a warning saying why.")
     distributed_strategy: Literal["ddp", "fsdp"] = opt("ddp", "ddp | fsdp (FSDP2 fully_shard per block).")
     accum_steps: int = opt(1, "Exact contrastive gradient accumulation over N micro-batches.",
                            validator=at_least(1))

@@ -268,6 +268,9 @@ class _Checker:
             self.problem(err.where or "export.onnx_file", err.what, err.fix)
         else:
             self.plugin(exporter, "export")
+            if ex.precision not in exporter.precisions:
+                self.problem("export.precision", f"the {exporter.name} exporter does not write {ex.precision}",
+                             "use one of: " + ", ".join(exporter.precisions))
         self.exists("export.checkpoint", ex.checkpoint, "file", made_by="train")
         self.path_fields("export", ex)
         if ex.precision != "fp32" and not self.cfg.dataset.val.datasets:

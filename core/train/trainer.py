@@ -27,6 +27,7 @@ from core.bad_samples import BadSampleLog
 from core.batching import MATCH_KINDS
 from core.runtime.build import build_model, with_loss_logit_init
 from core.runtime.checkpoint import CheckpointManager, remove_stale_temp_files
+from core.runtime.compile import compile_blocks
 from core.runtime.lora import add_adapters, adapter_state, base_reference, has_adapters
 from core.train.rng import preserved_rng, rng_state, set_rng_state
 from core.weights import FORMAT, VERSION, load_checkpoint
@@ -114,9 +115,15 @@ class Trainer:
         # 4. freezing and partial unlocking
         self._freeze()
 
-        # 5. gradient checkpointing
+        # 5. gradient checkpointing, compilation
         if train.grad_checkpointing:
             self.clip.set_grad_checkpointing(True)
+        if train.compile:
+            compiled, why_not = compile_blocks(self.clip, self.world.device)
+            if why_not:
+                self.log.warning(f"train.compile: training runs eager: {why_not}")
+            else:
+                self.log.info(f"train.compile: {compiled} blocks compiled (torch.compile, per block)")
 
         # 6. device and DDP / FSDP wrapping
         self.clip.to(self.world.device)

@@ -14,5 +14,5 @@ SUFFIXES = (".onnx",)
 @hookimpl
 def register_exporters(register):
     register(Exporter(name="onnx", suffixes=SUFFIXES, export=lazy("exporters.onnx.export:export_onnx"),
-                      open_runner=lazy("deploy.onnxruntime_runner:open_runner"),
+                      open_runner=lazy("deploy.onnxruntime_runner:open_runner"), precisions=("fp32", "fp16", "int8"),
                       description="ONNX (TAO I/O names; combined or separate towers) + ONNX Runtime runner"))

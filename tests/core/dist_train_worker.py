@@ -32,6 +32,8 @@ SCENARIOS = {
     "ddp_lora": LORA,
     "fsdp_lora": [*LORA, "train.distributed_strategy=fsdp"],
     "ddp_reg": ["model.regularization.enabled=true"],  # + the base weights RESULTS_ROOT/base.pth
+    "ddp_compile": ["train.compile=true", "train.grad_checkpointing=true", "train.accum_steps=2"],
+    "fsdp_compile": ["train.compile=true", "train.distributed_strategy=fsdp"],
 }
 
 

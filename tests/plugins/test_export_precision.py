@@ -159,3 +159,23 @@ def test_validate_reports_a_reduced_precision_without_dataset_val(tmp_path, caps
     assert main(["validate", "-c", str(spec), "--action", "export"]) == 2
     err = capsys.readouterr().err
     assert "dataset.val.datasets: export.precision = 'int8' is scored on dataset.val" in err
+
+
+def test_an_exporter_refuses_a_precision_it_does_not_declare(fake_plugin):
+    from core.registry import load_registry
+    from core.spec.load import check
+
+    source = """
+    from core import Exporter, hookimpl
+
+    @hookimpl
+    def register_exporters(register):
+        register(Exporter(name="fp32only", suffixes=(".f32",), export=lambda model, cfg: []))
+    """
+    registry = load_registry(plugins=[fake_plugin("fp32only", source)])
+    cfg = load_config(None, ["export.onnx_file=model.f32", "export.precision=int8",
+                             "dataset.val.datasets.0.image_dir=/x"], registry=registry)
+    with pytest.raises(ConfigError) as err:
+        check(cfg, "export", registry, check_paths=False)
+    assert "export.precision: the fp32only exporter does not write int8" in str(err.value)
+    assert "use one of: fp32" in str(err.value)
