@@ -71,3 +71,13 @@ def test_without_a_compiler_training_runs_eager_after_a_warning(tmp_path, traini
     assert "train.compile: training runs eager: the inductor CPU backend needs a C++ compiler" in log
     assert all(getattr(block, "_compiled_call_impl", None) is None for block in trainer.clip.vision_blocks())
     assert torch.isfinite(torch.tensor(_records(tmp_path / "train")[-1]["train/loss"]))
+
+
+def test_compiled_bf16_training_tracks_eager(tmp_path, training):
+    losses = {}
+    for compile_ in (False, True):
+        out = tmp_path / str(compile_)
+        Trainer(training.config(out, num_epochs=1, precision="bf16", compile=compile_)).train()
+        losses[compile_] = [r["train/loss"] for r in _records(out / "train")]
+    assert len(losses[True]) == len(losses[False]) > 0
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2)  # bf16 rounding differs between kernels
