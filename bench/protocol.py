@@ -68,7 +68,7 @@ def _live_descendant_seconds() -> float:
         except OSError:  # ended meanwhile
             continue
         parents[int(entry)] = int(fields[1])
-        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+        ticks[int(entry)] = sum(int(v) for v in fields[11:15])  # utime, stime, and of its reaped children
     mine, frontier = set(), {os.getpid()}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine

@@ -11,9 +11,11 @@ cache, once, for what reads folders of images.
   listing, then local reads.
 - **Concurrency.** An entry is filled under a file lock, so the processes of a node fetch it once;
   files land by atomic rename, so a reader never sees half a file. A failed fetch leaves no file.
-- **Size limit.** After a fill, the least recently used other entries are removed until the cache
-  holds at most ``limit_bytes``. An object set larger than the limit raises :class:`TooLarge`;
-  :meth:`Storage.open` reads such an object in place, by range requests.
+- **Size limit.** After a fill, the least recently used entries are removed until the cache holds
+  at most ``limit_bytes``, except entries a live process uses: using an entry holds a shared lock
+  on ``<entry>.use`` until the process ends (its loader workers inherit it). An object set larger
+  than the limit raises :class:`TooLarge`; :meth:`Storage.open` reads such an object in place, by
+  range requests.
 - **Credentials and endpoint** come from each store's own environment and config files
   (``AWS_ACCESS_KEY_ID`` / ``AWS_PROFILE`` / ``AWS_ENDPOINT_URL`` for S3,
   ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS, ...), plus ``options`` (``dataset.storage_options``),
@@ -25,6 +27,7 @@ Every failure is a :class:`core.errors.DataError` naming the URL and the config 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -106,8 +109,9 @@ class Storage:
         entry = self.cache_dir / hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:24]
         with self._locked(entry, key):
             fetched = _Entry(entry, remote).sync(kind, objects)
+            _hold(entry)
         if fetched:
-            self._evict(keep=entry)
+            self._evict()
         data = entry / "data"
         return data / next(iter(objects)) if kind == "file" else data
 
@@ -125,12 +129,18 @@ class Storage:
         version = f"{local.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         entry = self.cache_dir / f"unpacked-{hashlib.sha256(version.encode()).hexdigest()[:24]}"
         with self._locked(entry, key):
-            if not (entry / MANIFEST).is_file():
+            unpacked = not (entry / MANIFEST).is_file()
+            if unpacked:
                 _unpack(local, entry, path, key)
+            os.utime(entry / MANIFEST)  # last use, for the eviction order
+            _hold(entry)
+        if unpacked:
+            self._evict()
         return entry / "data"
 
     def open(self, url: str, key: str) -> IO[bytes]:
-        """``url`` opened for reading in place (seeks become range requests)."""
+        """``url`` opened for reading in place: a seek and read is one range request (plus a 64 KiB
+        read-ahead)."""
         return _Remote(url, key, self.options).open()
 
     @contextlib.contextmanager
@@ -150,8 +160,6 @@ class Storage:
         try:
             yield
         except OSError as exc:
-            if file_system_error(exc, entry) is None:
-                raise
             raise DataError(f"cannot fill the data cache {self.cache_dir} ({_os_reason(exc)})",
                             where="dataset.cache_dir",
                             fix="free space there, lower dataset.cache_size_gb, or set dataset.cache_dir to another "
@@ -159,8 +167,8 @@ class Storage:
         finally:
             lock.release()
 
-    def _evict(self, keep: Path) -> None:
-        """Remove the least recently used entries (not ``keep``) until the cache fits its limit."""
+    def _evict(self) -> None:
+        """Remove the least recently used entries that no process uses until the cache fits its limit."""
         entries = []
         for manifest in self.cache_dir.glob(f"*/{MANIFEST}"):
             try:
@@ -171,15 +179,41 @@ class Storage:
         for _, folder, size in sorted(entries, key=lambda e: e[0]):
             if total <= self.limit_bytes:
                 return
-            if folder == keep:
-                continue
+            if _remove_unused(folder):
+                total -= size
+                log.info("data cache: removed %s (%s) to stay under %s", folder.name, _size(size),
+                         _size(self.limit_bytes))
+        log.warning("data cache %s holds %s, over its limit of %s: the rest is in use", self.cache_dir,
+                    _size(total), _size(self.limit_bytes))
+
+
+#: ``<entry>.use`` files this process holds a shared lock on (kept open until it ends).
+_HELD: dict[Path, int] = {}
+
+
+def _hold(entry: Path) -> None:
+    """Mark ``entry`` as used by this process (and its children) until it ends."""
+    if entry not in _HELD:
+        fd = os.open(f"{entry}.use", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _HELD[entry] = fd
+
+
+def _remove_unused(entry: Path) -> bool:
+    """Remove ``entry`` unless a process fills or uses it; whether it was removed."""
+    try:
+        with FileLock(f"{entry}.lock", timeout=0):
+            fd = os.open(f"{entry}.use", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                with FileLock(f"{folder}.lock", timeout=0):
-                    shutil.rmtree(folder)
-            except Timeout:  # being filled or checked by another process: leave it
-                continue
-            total -= size
-            log.info("data cache: removed %s (%s) to stay under %s", folder.name, _size(size), _size(self.limit_bytes))
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            finally:
+                os.close(fd)  # releases the exclusive lock, if taken
+            shutil.rmtree(entry, ignore_errors=True)
+            return True
+    except (Timeout, OSError):
+        return False
 
 
 class _Remote:
@@ -220,7 +254,7 @@ class _Remote:
 
     def open(self) -> IO[bytes]:
         with self.errors():
-            return self.fs.open(self.path, "rb", block_size=4 << 20)
+            return self.fs.open(self.path, "rb", block_size=1 << 16, cache_type="readahead")
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -302,29 +336,34 @@ class _Entry:
             return {}
 
     def _write(self, kind: str, objects: dict[str, tuple[int, str]]) -> None:
-        record = {"url": self.remote.url, "kind": kind, "objects": objects,
-                  "bytes": sum(size for size, _ in objects.values())}
-        temporary = self.folder / f".{MANIFEST}.{os.getpid()}"
-        temporary.write_text(json.dumps(record))
-        os.replace(temporary, self.manifest)
+        _write_json(self.manifest, {"url": self.remote.url, "kind": kind, "objects": objects,
+                                    "bytes": sum(size for size, _ in objects.values())})
 
 
 def _unpack(archive: Path, entry: Path, path: str, key: str) -> None:
-    """Extract ``archive`` (regular files only, no path outside it) into ``entry/data``."""
+    """Extract ``archive`` (regular files only, no path outside it) into ``entry/data``, then write
+    the manifest; nothing is left behind on failure."""
     partial = entry / f".partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         with tarfile.open(archive) as members:
             files = [m for m in members.getmembers() if m.isreg()]
             members.extractall(partial, members=files, filter="data")
+        shutil.rmtree(entry / "data", ignore_errors=True)
+        os.replace(partial, entry / "data")
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
         raise DataError(f"{path} is not a readable tar archive ({type(exc).__name__}: {exc})", where=key,
                         fix="check the file (`tar tf` lists it), or point the key at a folder") from None
-    shutil.rmtree(entry / "data", ignore_errors=True)
-    os.replace(partial, entry / "data")
-    record = {"url": path, "kind": "unpacked", "objects": {}, "bytes": sum(m.size for m in files)}
-    (entry / MANIFEST).write_text(json.dumps(record))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _write_json(entry / MANIFEST, {"url": path, "kind": "unpacked", "objects": {}, "bytes": sum(m.size for m in files)})
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` atomically."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, path)
 
 
 def _meta(info: dict[str, Any]) -> tuple[int, str]:

@@ -93,7 +93,11 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
     A class's text embedding is the normalised mean of its prompts' embeddings, one prompt per
     template (``evaluate.templates``, else :data:`DEFAULT_TEMPLATES`)."""
     ev = cfg.evaluate
-    folders = class_folders(str(Storage.of(cfg.dataset).folder(ev.classification_dir, "evaluate.classification_dir")))
+    root = Storage.of(cfg.dataset).folder(ev.classification_dir, "evaluate.classification_dir")
+    if not root.is_dir():
+        raise DataError(f"classification folder {ev.classification_dir} does not exist",
+                        where="evaluate.classification_dir", fix="point it at a folder (or an archive) with one sub-folder of images per class")
+    folders = class_folders(str(root))
     names = class_names(folders, ev.class_names_file)
     paths, labels = [], []
     for label, folder in enumerate(folders):

@@ -238,12 +238,13 @@ class DatasetConfig:
               "are fetched once and checked against the store (size, ETag) at every run; unset: "
               "$XDG_CACHE_HOME/clipcore/data (~/.cache/clipcore/data).")
     cache_size_gb: float = opt(
-        100.0, "Size limit of the data cache: least recently used entries are removed beyond it; a remote .tar "
-               "larger than it is read in place by range requests.", validator=above(0.0))
+        100.0, "Size limit of the data cache: least recently used entries no process uses are removed beyond "
+               "it; a custom-format archive larger than it is read in place (a .tar by range requests).",
+        validator=above(0.0))
     storage_options: dict[str, Any] = field(factory=dict, metadata={
         "help": "Options for the filesystem of every data URL (fsspec storage_options, e.g. endpoint_url, "
-                "profile or anon for s3://); credentials and endpoint also come from the store's standard "
-                "environment and config files."})
+                "profile or anon for s3://). Keep secrets out: the spec is copied into checkpoints, export "
+                "sidecars and tracker runs; credentials come from the store's standard environment and files."})
     train: TrainDataConfig = section(TrainDataConfig, "Training data.")
     val: ValDataConfig = section(ValDataConfig, "Validation data.")
     reference: ReferenceConfig = section(
@@ -400,10 +401,10 @@ class ExportConfig:
         None, "A classifier file (`core linear-probe` / `core calibrate`) to export with the image graph: it then "
               "also outputs logits and probabilities, and the sidecar names the classes.", path="file")
     precision: Literal["fp32", "fp16", "int8"] = opt(
-        "fp32", "fp32 | fp16 (LayerNorm, Softmax and the final normalisation stay fp32) | int8 (ONNX Runtime static "
-                "QDQ quantization, per-channel weights, calibrated on calibration_images training images). A "
-                "reduced precision is scored on dataset.val against fp32 and refused (nothing written) when it "
-                "fails the gate: max_recall_drop, min_cosine.")
+        "fp32", "fp32 | fp16 (LayerNorm, Softmax and the final normalisation stay fp32) | int8 (static "
+                "quantization, per-channel weights, calibrated on calibration_images training images); the exporter "
+                "must support it. A reduced precision is scored on dataset.val against fp32 and refused (no model "
+                "file written) when it fails the gate: max_recall_drop, min_cosine.")
     calibration_images: int = opt(256, "int8: training images (dataset.train) the activation ranges are calibrated "
                                        "on.", validator=at_least(1))
     max_recall_drop: float = opt(1.0, "Gate: the most R@1 (image-to-text or text-to-image, on dataset.val) a "

@@ -11,8 +11,8 @@
 - ``export.precision`` fp16 / int8 (:mod:`exporters.onnx.precision`): the checked fp32 graphs are
   converted, then the export is scored on ``dataset.val`` by :func:`core.accuracy_gate` before it
   is kept; the sidecar records the precision and what the gate measured.
-- All files are written in a temporary folder beside the target and moved into place at the end;
-  existing outputs (and a refused export) leave the targets untouched unless ``export.force``.
+- All files are written in a temporary folder beside the target and moved into place at the end,
+  so a refused export writes no model file; existing outputs are refused unless ``export.force``.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class TarSource:
                                              f"the archive has {size} (truncated archive)")
                     else:
                         self._offsets[name] = (member.offset_data, member.size)
-        except tarfile.TarError as exc:
+        except (tarfile.TarError, OSError) as exc:  # OSError: a remote archive's store failed mid-read
             if not self._offsets and not self.broken:
                 raise DataError(f"not a readable tar archive ({exc})", where=str(self.path),
                                 fix="check the file, or point the key at a folder") from None
@@ -132,8 +132,11 @@ class TarSource:
             raise FileNotFoundError(name)
         offset, size = self._offsets[name]
         handle = self._handle()
-        handle.seek(offset)
-        data = handle.read(size)
+        try:
+            handle.seek(offset)
+            data = handle.read(size)
+        except OSError as exc:  # a remote archive's store failed: this sample is skipped and recorded
+            raise BadSample("unreadable-tar-member", f"{type(exc).__name__}: {exc}") from None
         if len(data) != size:
             raise BadSample("unreadable-tar-member", f"read {len(data)} of {size} bytes")
         return data

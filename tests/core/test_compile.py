@@ -74,6 +74,9 @@ def test_without_a_compiler_training_runs_eager_after_a_warning(tmp_path, traini
 
 
 def test_compiled_bf16_training_tracks_eager(tmp_path, training):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     losses = {}
     for compile_ in (False, True):
         out = tmp_path / str(compile_)
@@ -81,3 +84,4 @@ def test_compiled_bf16_training_tracks_eager(tmp_path, training):
         losses[compile_] = [r["train/loss"] for r in _records(out / "train")]
     assert len(losses[True]) == len(losses[False]) > 0
     assert losses[True] == pytest.approx(losses[False], rel=2e-2)  # bf16 rounding differs between kernels
+    assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]  # compiled code ran

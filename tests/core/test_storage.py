@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,8 @@ def test_a_file_is_fetched_once_and_again_when_it_changes(s3, tmp_path, caplog):
     inode = path.stat().st_ino
     assert cache.local(url, KEY) == path and path.stat().st_ino == inode  # warm: nothing fetched
     assert len(fetched(caplog)) == 1
-    s3.put("storage/list.txt", b"c.png\n")  # same size class, new ETag
-    assert cache.local(url, KEY).read_bytes() == b"c.png\n"
+    s3.put("storage/list.txt", b"c.png\nd.png\n")  # the same size: only the ETag tells
+    assert cache.local(url, KEY).read_bytes() == b"c.png\nd.png\n"
     assert len(fetched(caplog)) == 2
 
 
@@ -91,14 +92,31 @@ def test_processes_filling_the_same_entry_at_once_fetch_it_once(s3, tmp_path):
     assert leftovers == []
 
 
-def test_least_recently_used_entries_go_when_the_cache_is_full(s3, tmp_path, caplog):
-    caplog.set_level(logging.INFO, "clipcore.storage")
-    first, second = s3.put("lru/one.bin", b"1" * 600), s3.put("lru/two.bin", b"2" * 600)
-    cache = storage(tmp_path, limit=1000)
-    one = cache.local(first, KEY)
-    two = cache.local(second, KEY)
-    assert two.is_file() and not one.exists()
-    assert any("removed" in r.getMessage() for r in caplog.records)
+def _fetch(args) -> str:
+    """In a fresh process (which then ends, releasing its use of the entry): fetch one URL."""
+    cache_dir, url, limit, env = args
+    import os
+    os.environ.update(env)
+    return str(Storage(Path(cache_dir), limit, {}).local(url, KEY))
+
+
+def test_least_recently_used_unused_entries_go_when_the_cache_is_full(s3, tmp_path):
+    one, two, three = (s3.put(f"lru/{name}.bin", name.encode() * 200) for name in ("one", "two", "six"))
+    cache = str(tmp_path / "cache")
+
+    def fetch(url: str, limit: int = 1300) -> Path:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return Path(pool.apply(_fetch, ((cache, url, limit, s3.env),)))
+
+    first, second = fetch(one), fetch(two)
+    time.sleep(0.05)
+    assert fetch(one) == first  # used again: now the more recent of the two
+    fetch(three)  # 1,800 bytes > 1,300: the least recently used unused entry goes
+    assert first.is_file() and not second.exists()
+
+    held = Storage(Path(cache), 700, {}).local(three, KEY)  # this process uses it until it ends
+    fetch(two, limit=700)
+    assert held.is_file() and second.is_file() and not first.exists()
 
 
 def test_an_object_larger_than_the_cache_is_refused_and_read_in_place(s3, tmp_path):
@@ -195,7 +213,8 @@ def test_an_archive_is_unpacked_once_for_folder_readers(tmp_path):
     cache = storage(tmp_path)
     folder = cache.folder(str(archive), KEY)
     assert [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()] == ["a/x.png"]
-    assert cache.folder(str(archive), KEY) == folder
+    inode = (folder / "a" / "x.png").stat().st_ino
+    assert cache.folder(str(archive), KEY) == folder and (folder / "a" / "x.png").stat().st_ino == inode  # once
     assert cache.folder(str(source), KEY) == source  # a folder is itself
     (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(DataError) as err:
