@@ -23,6 +23,9 @@ from core.storage import Storage, is_url
 from core.tracking import logger_names
 from core.spec.problems import Problem, raise_problems
 
+#: storage_options names that hold credentials (fsspec's S3, GCS and Azure filesystems).
+CREDENTIAL_NAMES = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+                    "aws_session_token", "account_key", "sas_token", "connection_string", "client_secret"}
 TAO_ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
 ACTIONS = ("train", "evaluate", "inference", "linear_probe", "calibrate", "export",
            "gen_trt_engine")  # TAO's, and clipcore's own
@@ -46,6 +49,7 @@ def check(cfg: ExperimentConfig, action: str | Sequence[str], registry: Registry
         checker.writable(name)
     if checker.reads_urls and check_paths:
         checker.folder_writable("dataset.cache_dir", Storage.of(cfg.dataset).cache_dir)
+    checker.no_credentials("dataset.storage_options", cfg.dataset.storage_options)
     raise_problems(list(dict.fromkeys(checker.problems)))
 
 
@@ -78,6 +82,17 @@ class _Checker:
             what = {"file": "file", "dir": "folder", "any": "path"}[kind]
             found = "is not a " + what if p.exists() else "does not exist"
             self.problem(key, f"{what} {path} {found}", f"fix the path in {key}, or create it")
+
+    def no_credentials(self, key: str, options: dict[str, Any]) -> None:
+        """No credential in ``options`` (the spec is copied into checkpoints, sidecars and tracker runs)."""
+        for name, value in options.items():
+            if isinstance(value, dict):
+                self.no_credentials(f"{key}.{name}", value)
+            elif name.lower() in CREDENTIAL_NAMES:
+                self.problem(f"{key}.{name}", "is a credential, and the spec is copied into checkpoints, export "
+                             "sidecars and tracker runs", "remove it; give the store its credentials the standard way "
+                             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile for s3://, "
+                             "GOOGLE_APPLICATION_CREDENTIALS for gs://)")
 
     def writable(self, action: str) -> None:
         """The folder ``action`` writes to can be created and written here."""

@@ -220,3 +220,13 @@ def test_an_archive_is_unpacked_once_for_folder_readers(tmp_path):
     with pytest.raises(DataError) as err:
         cache.folder(str(tmp_path / "broken.tar.gz"), KEY)
     assert f"{KEY}: {tmp_path / 'broken.tar.gz'} is not a readable tar archive" in str(err.value)
+
+
+def test_credentials_in_storage_options_are_refused_without_echoing_them(tmp_path, capsys):
+    spec = tmp_path / "clip.toml"
+    spec.write_text('[dataset.storage_options]\nendpoint_url = "http://minio:9000"\n'
+                    '[dataset.storage_options.client_kwargs]\naws_secret_access_key = "hunter2"\n')
+    assert main(["validate", "-c", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.storage_options.client_kwargs.aws_secret_access_key: is a credential" in err
+    assert "hunter2" not in err and "AWS_SECRET_ACCESS_KEY" in err
