@@ -7,6 +7,7 @@ world size must equal ``train.num_gpus × train.num_nodes``.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -97,8 +98,12 @@ def _device(local_rank: int, section_cfg: Any) -> torch.device:
 
 
 def close_world() -> None:
+    """Leave the process group, and free what still refers to it (sharded modules, pending work)
+    while the runtime is whole: left to interpreter shutdown, gloo's threads were sometimes destroyed
+    unjoined ("terminate called without an active exception", SIGABRT at exit)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 # --------------------------------------------------------------------------- wrapping
