@@ -28,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -37,15 +36,9 @@ import protocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' S3 server helper
 from tests import s3_server  # noqa: E402
+from tests.s3_server import tar_folder  # noqa: E402
 
 BATCH = 64
-
-
-def _tar(folder: Path, out: Path) -> Path:
-    with tarfile.open(out, "w:gz") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.add(path, arcname=path.name)
-    return out
 
 
 def prepare(work: Path, n: int) -> dict[str, str]:
@@ -55,8 +48,8 @@ def prepare(work: Path, n: int) -> dict[str, str]:
         subprocess.run([sys.executable, "-m", "core.cli.main", "demo-data", str(data), "--n", str(n), "--val", "16",
                         "--class-images", "0", "--detection-frames", "0", "--force"], check=True, cwd=REPO)
         local.mkdir(parents=True, exist_ok=True)
-        _tar(data / "train" / "images", local / "images.tar.gz")
-        _tar(data / "train" / "captions", local / "captions.tar.gz")
+        tar_folder(data / "train" / "images", local / "images.tar.gz")
+        tar_folder(data / "train" / "captions", local / "captions.tar.gz")
         names = sorted(p.name for p in (data / "train" / "images").iterdir())
         (local / "image_list.txt").write_text("\n".join(names) + "\n")
     return local

@@ -106,7 +106,7 @@ class Storage:
         if total > self.limit_bytes:
             raise TooLarge(f"{path} holds {_size(total)}, more than the cache's limit of {_size(self.limit_bytes)}",
                            size=total, where=key, fix=f"raise dataset.cache_size_gb (the cache is {self.cache_dir})")
-        entry = self.cache_dir / hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:24]
+        entry = self._entry(path.rstrip("/"))
         with self._locked(entry, key):
             fetched = _Entry(entry, remote).sync(kind, objects)
             _hold(entry)
@@ -126,8 +126,7 @@ class Storage:
         except OSError:
             raise DataError(f"{path} does not exist", where=key, fix="point it at a folder or a .tar/.tar.gz archive"
                             ) from None
-        version = f"{local.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        entry = self.cache_dir / f"unpacked-{hashlib.sha256(version.encode()).hexdigest()[:24]}"
+        entry = self._entry(f"{local.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", prefix="unpacked-")
         with self._locked(entry, key):
             unpacked = not (entry / MANIFEST).is_file()
             if unpacked:
@@ -142,6 +141,10 @@ class Storage:
         """``url`` opened for reading in place: a seek and read is one range request (plus a 64 KiB
         read-ahead)."""
         return _Remote(url, key, self.options).open()
+
+    def _entry(self, identity: str, prefix: str = "") -> Path:
+        """The cache entry folder of ``identity`` (a URL, or an archive's path and version)."""
+        return self.cache_dir / f"{prefix}{hashlib.sha256(identity.encode()).hexdigest()[:24]}"
 
     @contextlib.contextmanager
     def _locked(self, entry: Path, key: str) -> Iterator[None]:

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -58,6 +59,15 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def tar_folder(folder: Path, out: Path) -> Path:
+    """The files of ``folder`` (by name, sorted) as the archive ``out`` (``.tar.gz``: gzip-compressed),
+    laid out as TAO's ``images.tar.gz`` / ``captions.tar.gz``."""
+    with tarfile.open(out, "w:gz" if out.name.endswith(".gz") else "w") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.add(path, arcname=path.name)
+    return out
 
 
 def start(log: Path | None = None) -> S3Server:

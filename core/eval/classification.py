@@ -21,12 +21,12 @@ DEFAULT_TEMPLATES = (
 )
 
 
-def class_folders(root: str, key: str = "evaluate.classification_dir") -> list[Path]:
+def class_folders(root: str, key: str = "evaluate.classification_dir", shown: str | None = None) -> list[Path]:
     """The class folders of an ImageFolder tree (sorted; hidden folders skipped); ``key`` is the
-    spec field named in errors."""
+    spec field named in errors, ``shown`` the folder as configured (a URL cached at ``root``)."""
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DataError(f"classification folder {path} does not exist", where=key,
+        raise DataError(f"classification folder {shown or path} does not exist", where=key,
                         fix="point it at a folder with one sub-folder of images per class")
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
@@ -94,10 +94,7 @@ def classification_results(cfg, encoder: Encoder, world: World, bad: BadSampleLo
     template (``evaluate.templates``, else :data:`DEFAULT_TEMPLATES`)."""
     ev = cfg.evaluate
     root = Storage.of(cfg.dataset).folder(ev.classification_dir, "evaluate.classification_dir")
-    if not root.is_dir():
-        raise DataError(f"classification folder {ev.classification_dir} does not exist",
-                        where="evaluate.classification_dir", fix="point it at a folder (or an archive) with one sub-folder of images per class")
-    folders = class_folders(str(root))
+    folders = class_folders(str(root), shown=ev.classification_dir)
     names = class_names(folders, ev.class_names_file)
     paths, labels = [], []
     for label, folder in enumerate(folders):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 from pathlib import Path
 
 import h5py
@@ -15,16 +14,10 @@ import pytest
 import tomli_w
 
 from core.cli.main import main
+from tests.s3_server import tar_folder
 
 MODEL = {"type": "example-tiny", "pretrained": False, "image_size": 32}
 PROMPTS = b"a red circle\na small blue square\n"
-
-
-def _tar(folder: Path, out: Path) -> Path:
-    with tarfile.open(out, "w:gz" if out.name.endswith(".gz") else "w") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.add(path, arcname=path.name)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +30,14 @@ def bucket(s3_session, tmp_path_factory) -> dict[str, str]:
     train = data / "train"
     names = sorted(p.name for p in (train / "images").iterdir())
     (root / "image_list.txt").write_text("\n".join(names[:48]) + "\n")
-    urls = {"images": s3_session.put("job/train/images.tar.gz", _tar(train / "images", root / "i.tar.gz").read_bytes()),
-            "captions": s3_session.put("job/train/captions.tar.gz",
-                                       _tar(train / "captions", root / "c.tar.gz").read_bytes()),
+
+    def archive(part: str, name: str) -> bytes:
+        return tar_folder(train / part, root / name).read_bytes()
+
+    urls = {"images": s3_session.put("job/train/images.tar.gz", archive("images", "i.tar.gz")),
+            "captions": s3_session.put("job/train/captions.tar.gz", archive("captions", "c.tar.gz")),
             "image_list": s3_session.put("job/train/image_list.txt", (root / "image_list.txt").read_bytes()),
-            "images_tar": s3_session.put("job/train/images.tar", _tar(train / "images", root / "i.tar").read_bytes()),
+            "images_tar": s3_session.put("job/train/images.tar", archive("images", "i.tar")),
             "val": s3_session.upload(data / "val", "job/val"),
             "classes": s3_session.upload(data / "classes" / "test", "job/classes"),
             "prompts": s3_session.put("job/prompts.txt", PROMPTS)}
