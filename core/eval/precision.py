@@ -2,12 +2,13 @@
 
 - :func:`calibration_data`: ``export.calibration_images`` training pairs (``dataset.train``, in the
   format's seeded order, with the evaluation transform): image tensors and token ids for an
-  exporter's quantization calibration. Unreadable images are skipped and reported.
-- :func:`accuracy_gate`: a reduced-precision export (its runner) scored on ``dataset.val`` against
-  the fp32 model: R@1 in both directions, and the cosine between the two models' embeddings of
-  every image and caption. It is refused, naming both numbers, when R@1 drops by more than
-  ``export.max_recall_drop`` points or a cosine falls below ``export.min_cosine``; otherwise the
-  record of what was measured is returned, for the export's sidecar.
+  exporter's or engine builder's quantization calibration. Unreadable images are skipped and reported.
+- :func:`accuracy_gate`: a reduced-precision export or engine (its runner) scored on ``dataset.val``
+  against the fp32 model (a :class:`ClipModel`, or the runner of an fp32 export): R@1 in both
+  directions, and the cosine between the two models' embeddings of every image and caption. It is
+  refused, naming both numbers, when R@1 drops by more than ``export.max_recall_drop`` points or a
+  cosine falls below ``export.min_cosine``; otherwise the record of what was measured is returned,
+  for the sidecar.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
+from collections.abc import Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -39,9 +42,21 @@ class CalibrationData:
     input_ids: np.ndarray
     skipped: int
 
+    def feeds(self, inputs: Sequence[str], static_batch: int = -1, *, batch: int = 16) -> Iterator[dict[str, np.ndarray]]:
+        """Batches for a graph with ONNX ``inputs`` (``image``, ``input_ids``, ``attention_mask``, all
+        ones): ``batch`` rows each, or exactly ``static_batch`` rows (a remainder is dropped) when positive."""
+        step = static_batch if static_batch > 0 else batch
+        end = len(self.images) - (step - 1 if static_batch > 0 else 0)
+        for start in range(0, end, step):
+            rows = slice(start, start + step)
+            found = {"image": self.images[rows], "input_ids": self.input_ids[rows]}
+            found["attention_mask"] = np.ones_like(found["input_ids"])
+            yield {name: found[name] for name in inputs}
 
-def calibration_data(cfg, model, out_dir: Path) -> CalibrationData:
-    """``cfg.export.calibration_images`` pairs of ``dataset.train`` for ``model``'s input."""
+
+def calibration_data(cfg, preprocess, tokenizer, out_dir: Path) -> CalibrationData:
+    """``cfg.export.calibration_images`` pairs of ``dataset.train`` as a model with ``preprocess``
+    (a :class:`PreprocessSpec`) and ``tokenizer`` takes them; skipped images are listed in ``out_dir``."""
     from core.registry import get_registry
     from core.runtime.transforms import eval_transform
 
@@ -49,7 +64,7 @@ def calibration_data(cfg, model, out_dir: Path) -> CalibrationData:
     fmt = get_registry().get("dataset_formats", train.type, key="dataset.train.type")
     bad = BadSampleLog(cfg.dataset.on_bad_sample, out_dir, file_name=CALIBRATION_SKIPPED_FILE, phase="calibration")
     batch = min(count, 8)
-    request = DataRequest(config=cfg, transform=eval_transform(model.preprocess), tokenizer=model.tokenizer,
+    request = DataRequest(config=cfg, transform=eval_transform(preprocess), tokenizer=tokenizer,
                           batch_size=batch, seed=cfg.dataset.seed, num_workers=0, bad_samples=bad,
                           results_dir=str(out_dir))
     loader = fmt.build(request)
@@ -70,22 +85,24 @@ def calibration_data(cfg, model, out_dir: Path) -> CalibrationData:
     return CalibrationData(np.concatenate(images)[:count], np.concatenate(ids)[:count], skipped)
 
 
-def accuracy_gate(cfg, model, runner, precision: str) -> dict[str, Any]:
-    """Score ``runner`` (the ``precision`` export of ``model``) against ``model`` in fp32 on
-    ``dataset.val``; raise :class:`ClipcoreError` when it fails the gate, else return the record."""
+def accuracy_gate(cfg, reference, runner, precision: str, *, key: str = "export.precision") -> dict[str, Any]:
+    """Score ``runner`` (the ``precision`` version of ``reference``) against ``reference`` in fp32
+    on ``dataset.val``; raise :class:`ClipcoreError` (at ``key``) when it fails the gate, else
+    return the record. ``reference`` is a :class:`ClipModel` or a runner of the fp32 export."""
     from core.eval.embed import ModelEncoder, RunnerEncoder
     from core.eval.retrieval import metrics_of, val_embeddings
     from core.runtime.distributed import World
 
     ec = cfg.export
     if not cfg.dataset.val.datasets:
-        raise ConfigError(f"an {precision} export is scored on dataset.val before it is kept, and dataset.val has "
+        raise ConfigError(f"{key} = {precision} is scored on dataset.val before it is kept, and dataset.val has "
                           "no data", where="dataset.val.datasets",
-                          fix="configure dataset.val (held-out image-caption pairs), or export fp32")
+                          fix="configure dataset.val (held-out image-caption pairs), or keep fp32")
     world = World(0, 1, 0, torch.device("cpu"))
-    model = model.float().eval()
+    encoder = (ModelEncoder(reference.float().eval()) if isinstance(reference, torch.nn.Module)
+               else RunnerEncoder(reference, source={}))
     options = dict(batch_size=cfg.evaluate.batch_size, num_workers=0, results_dir=None)
-    reference = val_embeddings(cfg, ModelEncoder(model), world, **options)
+    reference = val_embeddings(cfg, encoder, world, **options)
     reduced = val_embeddings(cfg, RunnerEncoder(runner, source={}), world, **options)
     before, after = (metrics_of(found, cfg.evaluate.tie_policy) for found in (reference, reduced))
     loaded = reference.loaded & reduced.loaded
@@ -101,7 +118,7 @@ def accuracy_gate(cfg, model, runner, precision: str) -> dict[str, Any]:
         raise ClipcoreError(
             f"the {precision} export loses {drops[worst]:.2f} points of {worst} on dataset.val "
             f"(fp32 {100 * before[worst]:.2f}, {precision} {100 * after[worst]:.2f}; allowed: "
-            f"{ec.max_recall_drop:g}); nothing was written", where="export.precision",
+            f"{ec.max_recall_drop:g}); nothing was written", where=key,
             fix="keep fp32 (or try fp16), or raise export.max_recall_drop if the loss is acceptable")
     low = min(cosine, key=cosine.get)
     if cosine[low] < ec.min_cosine:
@@ -109,7 +126,7 @@ def accuracy_gate(cfg, model, runner, precision: str) -> dict[str, Any]:
             f"the {precision} export's {low} embeddings differ from fp32: lowest cosine {cosine[low]:.5f} on "
             f"dataset.val (allowed: {ec.min_cosine:g}); R@1 fp32 / {precision}: "
             + ", ".join(f"{k} {100 * before[k]:.2f} / {100 * after[k]:.2f}" for k in GATED_METRICS)
-            + "; nothing was written", where="export.precision",
+            + "; nothing was written", where=key,
             fix="keep fp32 (or try fp16), or lower export.min_cosine if the difference is acceptable")
     return record
 

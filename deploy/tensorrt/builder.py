@@ -8,8 +8,13 @@
   otherwise. ``layers_precision`` adds ``pattern:fp32|fp16`` overrides (fnmatch on layer names).
 - A separate export's base path builds both towers in one call; the sidecars are copied beside
   the engines as ``<engine stem>_config.yaml`` / ``<engine stem>_tokenizer/``.
-- Each engine is checked against ONNX Runtime on the opt batch (cosine >= 0.999 for fp16, 0.9999
-  for fp32) before it is moved into place.
+- ``int8`` builds take an int8 export's QDQ scales as they are, or calibrate an fp32 export
+  (:mod:`deploy.tensorrt.calibration`: ranges measured on training images, cached) and give each
+  range to its tensor; fp16 is allowed wherever int8 is not, LayerNorm/Softmax/Reduce stay fp32.
+- fp32 / fp16 engines are checked against ONNX Runtime on the opt batch (cosine >= 0.999 for fp16,
+  0.9999 for fp32); int8 engines are scored by :func:`core.accuracy_gate` on ``dataset.val``
+  against the export they come from, and the record goes into the engine sidecar. An engine is moved
+  into place only when it passes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import onnx
 import yaml
 
-from core import ClipcoreError, ConfigError, SidecarTokenizer, artifact
+from core import ClipcoreError, ConfigError, SidecarTokenizer, accuracy_gate, artifact
 from deploy.onnxruntime_runner import OrtGraph
 from deploy.runner import ATTENTION_MASK, IMAGE, INPUT_IDS
 from deploy.tensorrt.config import SECTION, check
@@ -36,7 +41,6 @@ def batch_profile(cfg) -> tuple[int, int, int]:
     """``(min, opt, max)`` batch of the single profile."""
     if cfg.gen_trt_engine.batch_size > 0:
         return (cfg.gen_trt_engine.batch_size,) * 3
-    check(cfg)
     t = SECTION.of(cfg)
     return t.min_batch_size, t.opt_batch_size, t.max_batch_size
 
@@ -71,7 +75,17 @@ def build_engines(cfg) -> list[Path]:
     if not g.onnx_file or not g.trt_engine:
         raise ConfigError("onnx_file and trt_engine must both be set", where="gen_trt_engine",
                           fix="set gen_trt_engine.onnx_file (an export or its base path) and gen_trt_engine.trt_engine")
+    check(cfg)
     artifacts = artifact.locate(g.onnx_file, (".onnx",), key="gen_trt_engine.onnx_file")
+    data_type = SECTION.of(cfg).data_type
+    if data_type == "int8" and artifacts.deploy.get("precision", "fp32") == "fp16":
+        raise ConfigError(f"{artifacts.config_path.name} is an fp16 export; an int8 engine needs the fp32 or int8 "
+                          "export", where="gen_trt_engine.tensorrt.data_type",
+                          fix="export again with export.precision = fp32 (or int8) and build from that")
+    if data_type == "int8" and len(artifacts.files) == 1 and "combined" not in artifacts.files:
+        raise ConfigError(f"an int8 engine is scored by retrieval on dataset.val, which needs both towers, and the "
+                          f"export at {g.onnx_file} has only its {next(iter(artifacts.files))} tower",
+                          where="gen_trt_engine.onnx_file", fix="put the export's other tower file beside it")
     shapes = {}
     for tower, path in artifacts.files.items():
         artifact.check_external_data(path, artifacts.deploy)
@@ -89,17 +103,46 @@ def build_engines(cfg) -> list[Path]:
     out_dir = Path(g.trt_engine).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".trt-", dir=out_dir) as tmp:
+        staged = {tower: Path(tmp) / engines[tower].name for tower in artifacts.files}
         for tower, onnx_path in artifacts.files.items():
-            staged = Path(tmp) / engines[tower].name
-            staged.write_bytes(_build(trt, logger, onnx_path, shapes[tower], profile, cfg))
-            static = [dims[0] for dims in shapes[tower].values() if dims[0] > 0]
-            _verify(onnx_path, staged, artifacts, static[0] if static else profile[1], SECTION.of(cfg).data_type)
-            staged.replace(engines[tower])
-    copy_sidecars(artifacts, engines, profile, SECTION.of(cfg).data_type)
+            ranges = _int8_ranges(cfg, onnx_path, artifacts, engines[tower]) if data_type == "int8" else None
+            staged[tower].write_bytes(_build(trt, logger, onnx_path, shapes[tower], profile, cfg, ranges))
+            if data_type != "int8":
+                static = [dims[0] for dims in shapes[tower].values() if dims[0] > 0]
+                _verify(onnx_path, staged[tower], artifacts, static[0] if static else profile[1], data_type)
+        gate = _int8_gate(cfg, artifacts, staged) if data_type == "int8" else None
+        for tower, path in staged.items():
+            path.replace(engines[tower])
+    copy_sidecars(artifacts, engines, profile, data_type, gate)
     return list(engines.values())
 
 
-def _build(trt, logger, onnx_path: Path, shapes: dict[str, list[int]], profile: tuple[int, int, int], cfg) -> bytes:
+def _int8_ranges(cfg, onnx_path: Path, artifacts: artifact.Artifacts, engine: Path) -> dict[str, float] | None:
+    """Activation ranges for an fp32 export's int8 engine; ``None`` for an int8 export (its own scales)."""
+    if artifacts.deploy.get("precision") == "int8":
+        return None
+    from deploy.tensorrt.calibration import activation_ranges, cache_file
+
+    return activation_ranges(cfg, onnx_path, artifacts, cache_file(cfg, engine))
+
+
+def _int8_gate(cfg, artifacts: artifact.Artifacts, staged: dict[str, Path]) -> dict:
+    """:func:`core.accuracy_gate` of the staged int8 engines against the export they were built from."""
+    import attrs
+
+    from deploy.onnxruntime_runner import open_runner
+    from deploy.runner import EmbeddingRunner
+    from deploy.tensorrt.runner import TrtGraph
+
+    engines = EmbeddingRunner(attrs.evolve(artifacts, files=dict(staged)), lambda file: TrtGraph(file, cfg.gen_trt_engine.gpu_id))
+    export = open_runner(cfg.gen_trt_engine.onnx_file, providers=["CPUExecutionProvider"])
+    record = accuracy_gate(cfg, export, engines, "int8", key="gen_trt_engine.tensorrt.data_type")
+    return {**record, "reference": f"the {artifacts.deploy.get('precision', 'fp32')} ONNX export"}
+
+
+def _build(trt, logger, onnx_path: Path, shapes: dict[str, list[int]], profile: tuple[int, int, int], cfg,
+           ranges: dict[str, float] | None) -> bytes:
+    """One serialised engine; ``ranges`` are int8 activation ranges (``None``: none, or QDQ scales)."""
     g, t = cfg.gen_trt_engine, SECTION.of(cfg)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -116,8 +159,12 @@ def _build(trt, logger, onnx_path: Path, shapes: dict[str, list[int]], profile: 
         for name in dynamic:
             opt_profile.set_shape(name, *[(b, *shapes[name][1:]) for b in profile])
         config.add_optimization_profile(opt_profile)
-    if t.data_type == "fp16":
+    if t.data_type in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
+        if t.data_type == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            if ranges:
+                _set_ranges(network, ranges)
         _keep_fp32(trt, network)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     _layer_overrides(trt, network, t.layers_precision)
@@ -132,6 +179,17 @@ def _build(trt, logger, onnx_path: Path, shapes: dict[str, list[int]], profile: 
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
+
+
+def _set_ranges(network, ranges: dict[str, float]) -> None:
+    """Give every network tensor with a calibrated range its symmetric int8 range."""
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        tensors += [layer.get_output(j) for j in range(layer.num_outputs)]
+    for tensor in tensors:
+        if tensor.name in ranges and ranges[tensor.name] > 0:
+            tensor.set_dynamic_range(-ranges[tensor.name], ranges[tensor.name])
 
 
 def _float_outputs(trt, layer) -> bool:
@@ -201,13 +259,16 @@ def _verify(onnx_path: Path, engine_path: Path, artifacts: artifact.Artifacts, b
 
 
 def copy_sidecars(artifacts: artifact.Artifacts, engines: dict[str, Path], profile: tuple[int, int, int],
-                  data_type: str) -> None:
-    """``<engine stem>_config.yaml`` (with a ``deploy.engine`` record) and ``<engine stem>_tokenizer/``."""
+                  data_type: str, gate: dict | None = None) -> None:
+    """``<engine stem>_config.yaml`` (with a ``deploy.engine`` record, and the int8 ``precision_gate``)
+    and ``<engine stem>_tokenizer/``."""
     _, stem = artifact.tower_of(next(iter(engines.values())))
     folder = next(iter(engines.values())).parent
     doc = yaml.safe_load(artifacts.config_path.read_text(encoding="utf-8"))
     doc["deploy"]["engine"] = {"builder": "tensorrt", "data_type": data_type, "batch_profile": list(profile),
                                "files": {tower: path.name for tower, path in engines.items()}}
+    if gate:
+        doc["deploy"]["engine"]["precision_gate"] = gate
     config = folder / (stem + artifact.CONFIG_SUFFIX)
     tmp = config.with_name(f".{config.name}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

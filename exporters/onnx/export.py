@@ -67,7 +67,7 @@ def export_onnx(model, cfg) -> list[Path]:
     model = model.float().eval()
     classifier = _classifier(model, ec)
     head = ClassifierHead(classifier).eval() if classifier else None
-    calibration = calibration_data(cfg, model, base.parent) if ec.precision == "int8" else None
+    calibration = calibration_data(cfg, model.preprocess, model.tokenizer, base.parent) if ec.precision == "int8" else None
     with tempfile.TemporaryDirectory(prefix=".export-", dir=base.parent) as tmp:
         staged: dict[Path, Path] = {}
         external: dict[str, str] = {}

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 import onnx
 
@@ -24,7 +22,6 @@ from core import CalibrationData
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "Div", "Sqrt", "Pow", "ReduceMean")
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
-CALIBRATION_BATCH = 16
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -42,7 +39,7 @@ def to_int8(path: Path, out: Path, calibration: CalibrationData, static_batch: i
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds = _feeds(inputs, calibration, static_batch)
+            self.feeds = calibration.feeds(inputs, static_batch)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
@@ -55,12 +52,3 @@ def to_int8(path: Path, out: Path, calibration: CalibrationData, static_batch: i
                         op_types_to_quantize=list(QUANTIZED_OPS))
         return onnx.load(str(quantized))
 
-
-def _feeds(inputs: list[str], calibration: CalibrationData, static_batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """Calibration batches for a graph with ``inputs`` (a static batch gets exactly that many rows)."""
-    step = static_batch if static_batch > 0 else CALIBRATION_BATCH
-    for start in range(0, len(calibration.images) - (step - 1 if static_batch > 0 else 0), step):
-        rows = slice(start, start + step)
-        feed = {"image": calibration.images[rows], "input_ids": calibration.input_ids[rows]}
-        feed["attention_mask"] = np.ones_like(feed["input_ids"])
-        yield {name: feed[name] for name in inputs}

@@ -10,30 +10,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 import yaml
 
 from core.cli.main import main
 from core.errors import ClipcoreError, ConfigError, DataError
 from core.eval.precision import CALIBRATION_SKIPPED_FILE, accuracy_gate
-from core.registry import get_registry
 from core.spec.load import load_config
 from deploy.onnxruntime_runner import open_runner
 from exporters.onnx.export import export_onnx
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
-    assert main(["demo-data", str(root / "data"), "--n", "48", "--val", "24", "--class-images", "0",
-                 "--detection-frames", "0", "--seed", "2"]) == 0
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return get_registry().backbone_for("example-tiny").tiny("example-tiny").eval()
 
 
 def config(data, onnx_file, **export):
@@ -48,8 +32,8 @@ def gate_record(path):
     return yaml.safe_load(path.with_name(path.stem.removesuffix("_vision") + "_config.yaml").read_text())["deploy"]
 
 
-def test_fp16_keeps_normalisation_in_fp32_and_records_the_gate(model, data, tmp_path):
-    (path,) = export_onnx(model, config(data, tmp_path / "m.onnx", precision="fp16"))
+def test_fp16_keeps_normalisation_in_fp32_and_records_the_gate(tiny_example_model, pairs_data, tmp_path):
+    (path,) = export_onnx(tiny_example_model, config(pairs_data, tmp_path / "m.onnx", precision="fp16"))
     graph = onnx.load(str(path)).graph
     halves = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     assert halves, "the weights are fp16"
@@ -67,10 +51,10 @@ def test_fp16_keeps_normalisation_in_fp32_and_records_the_gate(model, data, tmp_
     assert runner.encode_texts(["a red circle"]).shape == (1, 32)
 
 
-def test_int8_is_static_qdq_calibrated_on_training_images(model, data, tmp_path):
-    cfg = config(data, tmp_path / "m.onnx", precision="int8", encoder_type="separate", calibration_images=32,
+def test_int8_is_static_qdq_calibrated_on_training_images(tiny_example_model, pairs_data, tmp_path):
+    cfg = config(pairs_data, tmp_path / "m.onnx", precision="int8", encoder_type="separate", calibration_images=32,
                  max_recall_drop=100.0, min_cosine=0.5)
-    vision, text = export_onnx(model, cfg)
+    vision, text = export_onnx(tiny_example_model, cfg)
     for path in (vision, text):
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops, path.name
@@ -81,10 +65,10 @@ def test_int8_is_static_qdq_calibrated_on_training_images(model, data, tmp_path)
     assert min(deploy["precision_gate"]["min_cosine"].values()) > 0.9
 
 
-def test_a_failing_gate_refuses_the_export_with_both_numbers_and_writes_nothing(model, data, tmp_path):
-    cfg = config(data, tmp_path / "m.onnx", precision="int8", calibration_images=16, min_cosine=1.0)
+def test_a_failing_gate_refuses_the_export_with_both_numbers_and_writes_nothing(tiny_example_model, pairs_data, tmp_path):
+    cfg = config(pairs_data, tmp_path / "m.onnx", precision="int8", calibration_images=16, min_cosine=1.0)
     with pytest.raises(ClipcoreError) as err:
-        export_onnx(model, cfg)
+        export_onnx(tiny_example_model, cfg)
     message = str(err.value)
     assert message.startswith("export.precision: the int8 export's") and "lowest cosine 0.9" in message
     assert "allowed: 1" in message and "nothing was written" in message
@@ -107,47 +91,47 @@ class _Shuffled:
         return self.runner.encode_texts(texts)
 
 
-def test_the_gate_refuses_a_recall_drop_naming_both_numbers(model, data, tmp_path):
-    (path,) = export_onnx(model, config(data, tmp_path / "m.onnx"))
-    cfg = config(data, tmp_path / "m.onnx", min_cosine=0.01)
-    kept = accuracy_gate(cfg, model, open_runner(path), "fp32")
+def test_the_gate_refuses_a_recall_drop_naming_both_numbers(tiny_example_model, pairs_data, tmp_path):
+    (path,) = export_onnx(tiny_example_model, config(pairs_data, tmp_path / "m.onnx"))
+    cfg = config(pairs_data, tmp_path / "m.onnx", min_cosine=0.01)
+    kept = accuracy_gate(cfg, tiny_example_model, open_runner(path), "fp32")
     assert kept["recall_drop_points"] == {"i2t_R@1": 0.0, "t2i_R@1": 0.0}
     cfg.evaluate.batch_size = 24  # one batch: the shuffled rows are other images
     with pytest.raises(ClipcoreError) as err:
-        accuracy_gate(cfg, model, _Shuffled(open_runner(path)), "int8")
+        accuracy_gate(cfg, tiny_example_model, _Shuffled(open_runner(path)), "int8")
     message = str(err.value)
     assert "export.precision: the int8 export loses" in message and "points of" in message
     drop = kept["fp32"]
     assert any(f"fp32 {100 * drop[k]:.2f}" in message for k in drop) and "allowed: 1)" in message
 
 
-def test_int8_needs_training_images(model, data, tmp_path):
-    cfg = config(data, tmp_path / "m.onnx", precision="int8")
+def test_int8_needs_training_images(tiny_example_model, pairs_data, tmp_path):
+    cfg = config(pairs_data, tmp_path / "m.onnx", precision="int8")
     cfg.dataset.train.datasets = []
     with pytest.raises(DataError, match="dataset.train.datasets: no datasets are configured"):
-        export_onnx(model, cfg)
+        export_onnx(tiny_example_model, cfg)
 
 
-def test_reduced_precision_needs_dataset_val(model, data, tmp_path):
-    cfg = config(data, tmp_path / "m.onnx", precision="fp16")
+def test_reduced_precision_needs_dataset_val(tiny_example_model, pairs_data, tmp_path):
+    cfg = config(pairs_data, tmp_path / "m.onnx", precision="fp16")
     cfg.dataset.val.datasets = []
-    with pytest.raises(ConfigError, match="an fp16 export is scored on dataset.val before it is kept"):
-        export_onnx(model, cfg)
+    with pytest.raises(ConfigError, match="export.precision = fp16 is scored on dataset.val before it is kept"):
+        export_onnx(tiny_example_model, cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_unreadable_calibration_images_are_skipped_and_reported(model, data, tmp_path, caplog):
+def test_unreadable_calibration_images_are_skipped_and_reported(tiny_example_model, pairs_data, tmp_path, caplog):
     images = tmp_path / "train"
     (images / "images").mkdir(parents=True)
     (images / "captions").mkdir()
-    for i, source in enumerate(sorted((data / "train" / "images").iterdir())[:20]):
+    for i, source in enumerate(sorted((pairs_data / "train" / "images").iterdir())[:20]):
         (images / "images" / source.name).write_bytes(source.read_bytes() if i % 4 else b"not a png")
         (images / "captions" / f"{source.stem}.txt").write_text("a shape")
-    cfg = config(data, tmp_path / "out" / "m.onnx", precision="int8", calibration_images=8, max_recall_drop=100.0,
+    cfg = config(pairs_data, tmp_path / "out" / "m.onnx", precision="int8", calibration_images=8, max_recall_drop=100.0,
                  min_cosine=0.5)
     cfg.dataset.train.datasets[0].image_dir = str(images / "images")
     cfg.dataset.train.datasets[0].caption_dir = str(images / "captions")
-    export_onnx(model, cfg)
+    export_onnx(tiny_example_model, cfg)
     skipped = [json.loads(line) for line in (tmp_path / "out" / CALIBRATION_SKIPPED_FILE).read_text().splitlines()]
     assert skipped and all(r["reason"] == "corrupt-image" and r["phase"] == "calibration" for r in skipped)
     assert any("export calibration: skipped" in r.getMessage() for r in caplog.records)
