@@ -130,7 +130,8 @@ class ShardLoader:
             self.stream.starts[chunk["worker"]] = WorkerStart(chunk["position"][end - 1], chunk["emitted"][end - 1])
         last = parts[-1][0]["worker"]
         self.next_worker = chunks[0][0]["worker"] if chunks else (last + 1) % self.stream.workers
-        return {"image": torch.cat([c["image"][a:b] for c, a, b in parts]),
+        images = [c["image"][a:b] for c, a, b in parts]
+        return {"image": images[0] if len(images) == 1 else torch.cat(images),  # a whole chunk is not copied
                 **{field: [value for c, a, b in parts for value in c[field][a:b]] for field in SAMPLE_FIELDS},
                 "bad": [r for c, a, b in parts for records in c["bad"][a:b] for r in records]}
 
