@@ -161,7 +161,7 @@ def _step(args):
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            out = model(images, ids)
+            out = model(images, ids, output_dict=True)
             value = loss(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
         (value["loss"] if isinstance(value, dict) else value).backward()
     return step

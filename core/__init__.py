@@ -29,6 +29,7 @@ _HOME = {
     "above": "core.fields",
     # backbone contract
     "BackboneFamily": "core.backbone", "ClipModel": "core.backbone", "PreprocessSpec": "core.backbone",
+    "TowerIntermediates": "core.intermediates", "run_blocks": "core.intermediates",
     "TextSpec": "core.backbone", "Tokenizer": "core.backbone", "init_logit_params": "core.backbone",
     "refuse_model_keys": "core.backbone",
     # loss contract and the collectives a loss over the global batch needs

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ClipcoreError
+from core.intermediates import TowerIntermediates, image_output, take_indices, text_output
+
 
 @attrs.frozen(kw_only=True)
 class PreprocessSpec:
@@ -96,8 +99,11 @@ class ClipModel(nn.Module):
       (``nn.MultiheadAttention``'s ``in_proj_weight``).
 
     and implements ``image_features``, ``text_features`` (unnormalised ``[B, embed_dim]``),
-    ``vision_blocks`` / ``text_blocks`` (the ordered transformer blocks, for partial unlocking)
-    and ``set_grad_checkpointing``. The base class provides the rest of the API.
+    ``vision_blocks`` / ``text_blocks`` (the ordered transformer blocks, for partial unlocking),
+    ``image_intermediates`` / ``text_intermediates`` (block outputs, see
+    :class:`core.TowerIntermediates`) and ``set_grad_checkpointing``. The base class provides the
+    rest of open_clip's ``CLIP`` API: ``encode_*``, ``forward`` (tuple, or dict with
+    ``output_dict=True``), ``get_logits``, ``lock_*_tower`` and ``forward_intermediates``.
     """
 
     model_type: str
@@ -126,6 +132,18 @@ class ClipModel(nn.Module):
     def text_blocks(self) -> Sequence[nn.Module]:
         raise NotImplementedError
 
+    def image_intermediates(self, images: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                            features: bool) -> TowerIntermediates:
+        """The outputs of the vision blocks at ``indices`` (absolute, sorted); with ``stop_early`` the
+        blocks after the last of them need not run (``features`` is then false); with ``features``
+        the tower's output embedding too."""
+        raise NotImplementedError
+
+    def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                           features: bool) -> TowerIntermediates:
+        """As :meth:`image_intermediates`, for the text blocks."""
+        raise NotImplementedError
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         raise NotImplementedError
 
@@ -138,30 +156,97 @@ class ClipModel(nn.Module):
         features = self.text_features(input_ids)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, image: torch.Tensor | None = None,
-                text: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-        """Normalised features of whichever inputs are given, the exponentiated logit scale and the bias."""
-        return {
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                output_dict: bool = False) -> tuple | dict[str, torch.Tensor | None]:
+        """Normalised features of whichever inputs are given, the exponentiated logit scale and the
+        bias, as open_clip returns them: ``(image_features, text_features, logit_scale[, logit_bias])``
+        (the bias only when the model has one), or with ``output_dict`` a dict with those keys
+        (``logit_bias`` is ``None`` without one)."""
+        out = {
             "image_features": self.encode_image(image, normalize=True) if image is not None else None,
             "text_features": self.encode_text(text, normalize=True) if text is not None else None,
             "logit_scale": self.logit_scale.exp(),
             "logit_bias": self.logit_bias,
         }
+        if output_dict:
+            return out
+        return tuple(out.values()) if self.logit_bias is not None else tuple(out.values())[:3]
 
     def get_logits(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self(image, text)
+        out = self(image, text, output_dict=True)
         logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
         if out["logit_bias"] is not None:
             logits = logits + out["logit_bias"]
         return logits, logits.T
 
-    def lock_image_tower(self, unlocked_groups: int = 0) -> None:
-        """Freeze the image tower except its last ``unlocked_groups`` blocks."""
-        _lock(self.vision_tower, self.vision_blocks(), unlocked_groups)
+    def forward_intermediates(
+            self, image: torch.Tensor | None = None, text: torch.Tensor | None = None,
+            image_indices: int | Sequence[int] | None = None, text_indices: int | Sequence[int] | None = None,
+            stop_early: bool = False, normalize: bool = True, normalize_intermediates: bool = False,
+            intermediates_only: bool = False, image_output_fmt: str = "NCHW", image_output_extra_tokens: bool = False,
+            text_output_fmt: str = "NLC", text_output_extra_tokens: bool = False, output_logits: bool = False,
+            output_logit_scale_bias: bool = False) -> dict[str, Any]:
+        """Block-level features, with open_clip's arguments and output keys.
 
-    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
-        """Freeze the text tower except its last ``unlocked_layers`` blocks."""
+        ``*_indices``: ``None`` every block, an int the last ``n``, a list those blocks (negative
+        from the end). ``stop_early`` skips the blocks after the last one taken when
+        ``intermediates_only`` (the final features need every block). Keys: ``image_intermediates``
+        (``[B, C, H', W']`` for NCHW, ``[B, N, C]`` for NLC: patch tokens), ``image_intermediates_prefix``
+        (``[B, E, C]`` class / register / summary tokens, with ``image_output_extra_tokens``),
+        ``image_intermediates_mask`` (NaFlex towers), ``text_intermediates`` (``[B, L, C]``),
+        ``text_intermediates_suffix`` (a text class token, with ``text_output_extra_tokens``),
+        ``image_features`` / ``text_features`` (L2-normalised with ``normalize``; not with
+        ``intermediates_only``), ``image_logits`` / ``text_logits`` (``output_logits``, both inputs),
+        ``logit_scale`` (exponentiated) and ``logit_bias`` (``output_logit_scale_bias``).
+        """
+        if intermediates_only:
+            normalize, output_logits = False, False
+        if output_logits and (image is None or text is None):
+            raise ClipcoreError("output_logits needs both image and text", where="forward_intermediates",
+                                fix="pass both inputs, or output_logits=False")
+        out: dict[str, Any] = {}
+        towers = [(image, self.image_intermediates, self.vision_blocks, image_indices, "image", image_output),
+                  (text, self.text_intermediates, self.text_blocks, text_indices, "text", text_output)]
+        formats = {"image": (image_output_fmt, image_output_extra_tokens),
+                   "text": (text_output_fmt, text_output_extra_tokens)}
+        for inputs, intermediates, blocks, indices, name, layout in towers:
+            if inputs is None:
+                continue
+            taken = take_indices(len(blocks()), indices, name=f"{name}_indices")
+            found = intermediates(inputs, taken, stop_early=stop_early and intermediates_only,
+                                  features=not intermediates_only)
+            fmt, extra = formats[name]
+            out.update(layout(found, fmt=fmt, extra_tokens=extra, normalize=normalize_intermediates))
+            if not intermediates_only:
+                out[f"{name}_features"] = F.normalize(found.features, dim=-1) if normalize else found.features
+        if output_logits:
+            logits = self.logit_scale.exp() * out["image_features"] @ out["text_features"].T
+            if self.logit_bias is not None:
+                logits = logits + self.logit_bias
+            out["image_logits"], out["text_logits"] = logits, logits.T
+        if output_logit_scale_bias:
+            out["logit_scale"] = self.logit_scale.exp()
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
+        return out
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """Freeze the image tower except its last ``unlocked_groups`` blocks. BatchNorm running
+        statistics of the frozen part keep updating in training mode unless ``freeze_bn_stats``."""
+        _lock(self.vision_tower, self.vision_blocks(), unlocked_groups)
+        for module in self.vision_tower.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.stats_frozen = freeze_bn_stats  # read by train()
+        self.train(self.training)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the text tower except its last ``unlocked_layers`` blocks; with
+        ``freeze_layer_norm = False`` its LayerNorms stay trainable everywhere."""
         _lock(self.text_tower, self.text_blocks(), unlocked_layers)
+        if not freeze_layer_norm:
+            for module in self.text_tower.modules():
+                if is_layer_norm(module):
+                    module.requires_grad_(True)
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable parameters by group: ``vision``, ``text`` and ``other`` (logit scale/bias)."""
@@ -175,14 +260,23 @@ class ClipModel(nn.Module):
         return groups
 
     def train(self, mode: bool = True) -> "ClipModel":
-        """Like ``nn.Module.train``, but fully frozen modules stay in eval mode."""
+        """Like ``nn.Module.train``, but fully frozen modules stay in eval mode (a frozen
+        BatchNorm of an image tower locked without ``freeze_bn_stats`` keeps updating its statistics)."""
         super().train(mode)
         if mode:
             for module in self.modules():
                 params = list(module.parameters(recurse=True))
                 if params and not any(p.requires_grad for p in params):
                     module.eval()
+            for module in self.modules():
+                if getattr(module, "stats_frozen", True) is False:
+                    module.train()
         return self
+
+
+def is_layer_norm(module: nn.Module) -> bool:
+    """A LayerNorm (torch's, or a library's class named ``*LayerNorm`` / ``*RMSNorm``)."""
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
 
 
 def _lock(tower: nn.Module, blocks: Sequence[nn.Module], unlocked: int) -> None:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from core import ClipcoreError, ClipModel, PreprocessSpec
+from core import ClipcoreError, ClipModel, PreprocessSpec, TowerIntermediates
 
 from backbones.openclip.tokenizer import OpenClipTokenizer
 
@@ -56,6 +56,33 @@ class OpenClipModel(ClipModel):
 
     def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_tower(input_ids)
+
+    def image_intermediates(self, images: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                            features: bool) -> TowerIntermediates:
+        """open_clip's own ``forward_intermediates`` of the image tower (ViT or timm trunk)."""
+        found = self._tower_intermediates(self.vision_tower, images, indices, stop_early, features, "NCHW")
+        maps = found["image_intermediates"]
+        return TowerIntermediates(tokens=[m.flatten(2).transpose(1, 2) for m in maps],
+                                  extra=found.get("image_intermediates_prefix"), grids=[tuple(m.shape[-2:]) for m in maps],
+                                  features=found.get("image_features"),
+                                  final_norm=getattr(self.vision_tower, "ln_post", None))
+
+    def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                           features: bool) -> TowerIntermediates:
+        """open_clip's own ``forward_intermediates`` of the text tower (a CoCa class token is the suffix)."""
+        found = self._tower_intermediates(self.text_tower, input_ids, indices, stop_early, features, "NLC")
+        return TowerIntermediates(tokens=found["text_intermediates"], extra=found.get("text_intermediates_suffix"),
+                                  features=found.get("text_features"),
+                                  final_norm=getattr(self.text_tower, "ln_final", None))
+
+    def _tower_intermediates(self, tower: nn.Module, inputs: torch.Tensor, indices: Sequence[int], stop_early: bool,
+                             features: bool, fmt: str) -> dict:
+        if not hasattr(tower, "forward_intermediates"):
+            raise ClipcoreError(f"{self.model_type}: open_clip's {type(tower).__name__} has no forward_intermediates",
+                                where="model.type", fix="use a model whose towers are open_clip ViT / timm ViT / "
+                                                        "open_clip text transformers")
+        return tower.forward_intermediates(inputs, indices=list(indices), stop_early=stop_early,
+                                           intermediates_only=not features, output_fmt=fmt, output_extra_tokens=True)
 
     def vision_blocks(self) -> Sequence[nn.Module]:
         return tower_blocks(self.vision_tower)

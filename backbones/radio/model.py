@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from core import ClipModel, PreprocessSpec, Tokenizer
+from core import ClipModel, PreprocessSpec, Tokenizer, TowerIntermediates
 
 from backbones.radio.text import ClipText, SiglipText
 from backbones.radio.vision import RadioVisionTower
@@ -37,6 +37,24 @@ class RadioClip(ClipModel):
 
     def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_tower(input_ids)
+
+    def image_intermediates(self, images: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                            features: bool) -> TowerIntermediates:
+        """The backbone's own (timm) intermediates: patch tokens, and the CLS / register tokens as
+        extra tokens; the features are the adaptor head on the teacher's CLS token, as ``image_features``."""
+        tower = self.vision_tower
+        found = tower.trunk.forward_intermediates(images, indices=list(indices), return_prefix_tokens=True,
+                                                  stop_early=stop_early, output_fmt="NCHW",
+                                                  intermediates_only=not features, output_dict=True)
+        maps = found["image_intermediates"]
+        pooled = tower.head(found["image_features"].index_select(1, tower.slot)[:, 0]) if features else None
+        return TowerIntermediates(tokens=[m.flatten(2).transpose(1, 2) for m in maps],
+                                  extra=found.get("image_intermediates_prefix"), grids=[tuple(m.shape[-2:]) for m in maps],
+                                  features=pooled, final_norm=tower.trunk.norm)
+
+    def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                           features: bool) -> TowerIntermediates:
+        return self.text_tower.intermediates(input_ids, indices, stop_early=stop_early, features=features)
 
     def vision_blocks(self) -> Sequence[nn.Module]:
         return list(self.vision_tower.trunk.blocks)

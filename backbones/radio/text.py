@@ -18,7 +18,7 @@ from torch import nn
 from transformers import SiglipTextConfig, SiglipTextModel
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
-from core import ClipcoreError, read_weights_file
+from core import ClipcoreError, TowerIntermediates, read_weights_file, run_blocks
 
 
 class SiglipText(nn.Module):
@@ -35,6 +35,15 @@ class SiglipText(nn.Module):
 
     def blocks(self) -> Sequence[nn.Module]:
         return list(self.model.encoder.layers)
+
+    def intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                      features: bool) -> TowerIntermediates:
+        """The encoder layers' outputs (no mask, as ``forward``); features: last position after the final norm."""
+        model = self.model
+        x = model.embeddings(input_ids=input_ids)
+        x, taken = run_blocks(model.encoder.layers, x, indices, stop_early=stop_early, args=(None,))
+        pooled = model.head(model.final_layer_norm(x)[:, -1, :]) if features else None
+        return TowerIntermediates(tokens=taken, features=pooled, final_norm=model.final_layer_norm)
 
     def set_grad_checkpointing(self, enable: bool) -> None:
         if enable:
@@ -64,6 +73,14 @@ class ClipText(nn.Module):
 
     def blocks(self) -> Sequence[nn.Module]:
         return list(self.model.transformer.resblocks)
+
+    def intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                      features: bool) -> TowerIntermediates:
+        """open_clip's own ``forward_intermediates`` of the text transformer."""
+        found = self.model.forward_intermediates(input_ids, indices=list(indices), stop_early=stop_early,
+                                                 intermediates_only=not features, output_fmt="NLC")
+        return TowerIntermediates(tokens=found["text_intermediates"], features=found.get("text_features"),
+                                  final_norm=self.model.ln_final)
 
     def set_grad_checkpointing(self, enable: bool) -> None:
         self.model.set_grad_checkpointing(enable)

@@ -7,10 +7,11 @@ from typing import Sequence
 import torch
 from torch import nn
 from transformers import Siglip2Model, SiglipModel
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 from transformers.models.siglip2.modeling_siglip2 import Siglip2EncoderLayer
 
-from core import ClipcoreError, ClipModel, PreprocessSpec
+from core import ClipcoreError, ClipModel, PreprocessSpec, TowerIntermediates, run_blocks
 
 from backbones.siglip2.tokenizer import SiglipTokenizer
 
@@ -76,6 +77,35 @@ class SiglipClip(ClipModel):
     def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_tower(input_ids=input_ids).pooler_output
 
+    def image_intermediates(self, images: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                            features: bool) -> TowerIntermediates:
+        """The encoder layers' outputs (SigLIP has no class token: every token is a patch); the
+        features are the attention-pooling head's output, as in ``image_features``."""
+        tower, mask = self.vision_tower, None
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        if self.naflex:
+            patches, mask, shapes = self.patchify(images)
+            x = tower.embeddings(patches, shapes)
+            attention = create_bidirectional_mask(config=tower.config, inputs_embeds=x, attention_mask=mask)
+        else:
+            x, attention = tower.embeddings(images), None
+        x, taken = run_blocks(tower.encoder.layers, x, indices, stop_early=stop_early, args=(attention,))
+        pooled = None
+        if features:
+            pooled = tower.head(tower.post_layernorm(x), mask) if self.naflex else tower.head(tower.post_layernorm(x))
+        return TowerIntermediates(tokens=taken, grids=[grid] * len(taken), mask=None if mask is None else mask.bool(),
+                                  features=pooled, final_norm=tower.post_layernorm)
+
+    def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                           features: bool) -> TowerIntermediates:
+        """The encoder layers' outputs; the features pool the last position after the final norm."""
+        tower = self.text_tower
+        x = tower.embeddings(input_ids=input_ids)
+        attention = create_bidirectional_mask(config=tower.config, inputs_embeds=x, attention_mask=None)
+        x, taken = run_blocks(tower.encoder.layers, x, indices, stop_early=stop_early, args=(attention,))
+        pooled = tower.head(tower.final_layer_norm(x)[:, -1, :]) if features else None
+        return TowerIntermediates(tokens=taken, features=pooled, final_norm=tower.final_layer_norm)
+
     def vision_blocks(self) -> Sequence[nn.Module]:
         return list(self.vision_tower.encoder.layers)
 
@@ -94,3 +124,4 @@ class SiglipClip(ClipModel):
                 tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
                 tower.gradient_checkpointing_disable()
+

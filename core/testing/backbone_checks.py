@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.backbone import ClipModel, PreprocessSpec, TextSpec, Tokenizer
+from core.backbone import ClipModel, PreprocessSpec, TextSpec, Tokenizer, is_layer_norm
 from core.errors import ClipcoreError
 from core.registry import Entry
 
@@ -97,7 +97,7 @@ def check_eval_is_deterministic(entry: Entry, model_type: str) -> None:
     model = _tiny(entry, model_type)
     images, ids = _inputs(model)
     with torch.no_grad():
-        first, second = model(images, ids), model(images, ids)
+        first, second = model(images, ids, output_dict=True), model(images, ids, output_dict=True)
     for key in ("image_features", "text_features"):
         if not torch.equal(first[key], second[key]):
             raise _fail(entry, model_type, "eval mode is deterministic", f"{key} differ between two passes")
@@ -464,11 +464,125 @@ def check_export_flag(entry: Entry, model_type: str) -> None:
                             f"{exporter_entry.name!r} wrote {[p.name for p in Path(directory).iterdir()]}")
 
 
+@per_type
+def check_forward_outputs(entry: Entry, model_type: str) -> None:
+    """Rule: ``forward`` returns open_clip's tuple ``(image, text, scale[, bias])`` and, with
+    ``output_dict=True``, a dict of the same tensors."""
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model)
+    with torch.no_grad():
+        found, named = model(images, ids), model(images, ids, output_dict=True)
+    keys = ["image_features", "text_features", "logit_scale"] + (["logit_bias"] if model.logit_bias is not None else [])
+    if not isinstance(found, tuple) or len(found) != len(keys):
+        raise _fail(entry, model_type, "forward returns (image_features, text_features, logit_scale[, logit_bias])",
+                    f"got {type(found).__name__} of {len(found) if isinstance(found, tuple) else '?'} items")
+    if not all(torch.equal(a, named[k]) for a, k in zip(found, keys)):
+        raise _fail(entry, model_type, "forward(output_dict=True) holds the tuple's tensors", f"keys {list(named)}")
+
+
+def _block_calls(blocks: list[nn.Module]) -> tuple[list[int], list[Any]]:
+    calls = [0] * len(blocks)
+    hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(blocks)]
+    return calls, hooks
+
+
+@per_type
+def check_forward_intermediates(entry: Entry, model_type: str) -> None:
+    """Rule: ``forward_intermediates`` (open_clip's arguments and keys) returns one output per block
+    asked for (all, the last n, or listed indices, negative from the end), NCHW image maps that are
+    the NLC tokens reshaped, text tokens ``[B, L, C]``, final features equal to ``encode_*``,
+    extra tokens on request, and with ``stop_early`` runs no block after the last one taken."""
+    model = _tiny(entry, model_type)
+    images, ids = _inputs(model)
+    blocks = {"image": list(model.vision_blocks()), "text": list(model.text_blocks())}
+    with torch.no_grad():
+        full = model.forward_intermediates(images, ids, output_logits=True, output_logit_scale_bias=True)
+        flat = model.forward_intermediates(images, ids, image_output_fmt="NLC", image_output_extra_tokens=True,
+                                           text_output_extra_tokens=True, intermediates_only=True)
+        want = {"image": model.encode_image(images, normalize=True), "text": model.encode_text(ids, normalize=True)}
+    for tower in ("image", "text"):
+        found = full[f"{tower}_intermediates"]
+        if len(found) != len(blocks[tower]):
+            raise _fail(entry, model_type, f"forward_intermediates gives one {tower} output per block",
+                        f"{len(found)} outputs for {len(blocks[tower])} blocks")
+        diff = (full[f"{tower}_features"] - want[tower]).abs().max().item()
+        if diff > TOLERANCE:
+            raise _fail(entry, model_type, f"forward_intermediates' {tower}_features equal encode_{tower}(normalize=True)",
+                        f"max abs diff {diff:.2e}")
+        if f"{tower}_features" in flat:
+            raise _fail(entry, model_type, "intermediates_only returns no final features", f"{tower}_features present")
+    for nchw, nlc in zip(full["image_intermediates"], flat["image_intermediates"]):
+        if nchw.dim() != 4 or nchw.shape[0] != len(images) or not torch.equal(nchw.flatten(2).transpose(1, 2), nlc):
+            raise _fail(entry, model_type, "NCHW image intermediates are the NLC tokens on the patch grid",
+                        f"shapes {tuple(nchw.shape)} and {tuple(nlc.shape)}")
+    for text in full["text_intermediates"]:
+        if text.dim() != 3 or tuple(text.shape[:2]) != tuple(ids.shape):
+            raise _fail(entry, model_type, "text intermediates are [B, L, C]", f"got {tuple(text.shape)}")
+    for key, prefix in (("image_intermediates_prefix", "image"), ("text_intermediates_suffix", "text")):
+        for extra in flat.get(key, []):
+            if extra.dim() != 3 or extra.shape[0] != len(images if prefix == "image" else ids):
+                raise _fail(entry, model_type, f"{key} holds [B, E, C] extra tokens", f"got {tuple(extra.shape)}")
+    logits = model.get_logits(images, ids)[0]
+    if (full["image_logits"] - logits).abs().max().item() > 1e-4 or "logit_scale" not in full:
+        raise _fail(entry, model_type, "output_logits gives get_logits' logits, with the logit scale", "they differ")
+    for tower, inputs in (("image", images), ("text", ids)):
+        n = len(blocks[tower])
+        kwargs = {"image": inputs} if tower == "image" else {"text": inputs}
+        with torch.no_grad():
+            last = model.forward_intermediates(**kwargs, **{f"{tower}_indices": 1}, intermediates_only=True)
+            listed = model.forward_intermediates(**kwargs, **{f"{tower}_indices": [0, -1]}, intermediates_only=True)
+            calls, hooks = _block_calls(blocks[tower])
+            early = model.forward_intermediates(**kwargs, **{f"{tower}_indices": [0]}, stop_early=True,
+                                                intermediates_only=True)
+            for hook in hooks:
+                hook.remove()
+        got = {"last": last[f"{tower}_intermediates"], "listed": listed[f"{tower}_intermediates"],
+               "early": early[f"{tower}_intermediates"]}
+        every = full[f"{tower}_intermediates"] if tower == "text" else flat["image_intermediates"]
+        if tower == "image":
+            got = {k: [t.flatten(2).transpose(1, 2) for t in v] for k, v in got.items()}
+        pairs = [(got["last"], [every[-1]]), (got["listed"], [every[0], every[-1]] if n > 1 else [every[0]]),
+                 (got["early"], [every[0]])]
+        for have, expected in pairs:
+            if len(have) != len(expected) or any((a - b).abs().max().item() > TOLERANCE for a, b in zip(have, expected)):
+                raise _fail(entry, model_type, f"{tower}_indices select blocks (int: last n; list: those, negative "
+                                               "from the end)", f"{len(have)} outputs, or values differ")
+        if n > 1 and sum(calls[1:]) != 0:
+            raise _fail(entry, model_type, "stop_early runs no block after the last one taken",
+                        f"{tower} blocks after block 0 ran {sum(calls[1:])} times")
+    try:
+        model.forward_intermediates(images, image_indices=len(blocks["image"]) + 1)
+    except ClipcoreError:
+        pass
+    else:
+        raise _fail(entry, model_type, "asking for more blocks than the tower has is a ClipcoreError", "nothing raised")
+
+
+@per_type
+def check_lock_options(entry: Entry, model_type: str) -> None:
+    """Rule: ``lock_text_tower(freeze_layer_norm=False)`` leaves exactly the text LayerNorms
+    trainable; ``lock_image_tower(freeze_bn_stats=...)`` is accepted."""
+    model = _tiny(entry, model_type)
+    model.lock_image_tower(0, freeze_bn_stats=True)
+    model.lock_text_tower(0, freeze_layer_norm=False)
+    trainable = [n for n, p in model.text_tower.named_parameters() if p.requires_grad]
+    norms = [f"{n}.{k}" if n else k for n, m in model.text_tower.named_modules() if is_layer_norm(m)
+             for k, _ in m.named_parameters(recurse=False)]
+    if sorted(trainable) != sorted(norms):
+        raise _fail(entry, model_type, "freeze_layer_norm=False keeps only the text LayerNorms trainable",
+                    f"{len(trainable)} trainable, {len(norms)} LayerNorm parameters")
+    if any(p.requires_grad for p in model.vision_tower.parameters()):
+        raise _fail(entry, model_type, "lock_image_tower(0) freezes the image tower", "some parameters are trainable")
+
+
 BACKBONE_CHECKS = [
     check_output_shapes,
     check_normalize_gives_unit_vectors,
     check_single_equals_batched,
     check_eval_is_deterministic,
+    check_forward_outputs,
+    check_forward_intermediates,
+    check_lock_options,
     check_gradients_reach_both_towers,
     check_frozen_towers,
     check_grad_checkpointing_matches,

@@ -38,7 +38,7 @@ def accumulated_step(model: nn.Module, loss_fn: Callable[..., torch.Tensor], mic
     """Loss (detached) of the union of ``micro_batches``; with ``backward``, accumulate its exact
     gradients into ``.grad`` (the caller zeroes them before and steps the optimizer after).
 
-    ``model(image, input_ids)`` returns the :class:`core.backbone.ClipModel` forward dict
+    ``model(image, input_ids, output_dict=True)`` returns the :class:`core.backbone.ClipModel` forward dict
     (``image_features``, ``text_features``, ``logit_scale``, ``logit_bias``); each micro-batch is a
     batch dict with ``image``, ``input_ids`` and optionally ``match_keys`` (passed on to the loss,
     concatenated like the features), all of the same size. ``loss_fn`` is a loss
@@ -93,7 +93,7 @@ def _match_keys(micro_batches: Sequence[Batch]) -> torch.Tensor | None:
 
 
 def _encode(model: nn.Module, batch: Batch) -> dict[str, Any]:
-    return model(batch["image"], batch["input_ids"])
+    return model(batch["image"], batch["input_ids"], output_dict=True)
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ def teacher_features(teacher: nn.Module, micro_batches: list[dict[str, torch.Ten
     images, texts = [], []
     with autocast():
         for batch in micro_batches:
-            out = teacher(batch["image"], batch["input_ids"])
+            out = teacher(batch["image"], batch["input_ids"], output_dict=True)
             images.append(out["image_features"])
             texts.append(out["text_features"])
     return torch.cat(images), torch.cat(texts)

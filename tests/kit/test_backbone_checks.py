@@ -15,7 +15,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: threads only add contention
 
-from core.backbone import BackboneFamily
+from core.backbone import BackboneFamily, ClipModel
 from core.registry import Entry, Provider
 from core.testing import PluginConformance
 from core.testing import backbone_checks as checks
@@ -80,6 +80,15 @@ def broken(break_name: str):
         model.set_grad_checkpointing = lambda enable=True: None
     elif break_name == "lora_targets_missing":
         model.lora_targets = {"vision": ("conv_that_is_not_there",), "text": ("fc1",)}
+    elif break_name == "forward_dict_only":
+        model.forward = lambda image=None, text=None, output_dict=False: ClipModel.forward(model, image, text, True)
+    elif break_name == "stop_early_ignored":
+        intermediates = model.text_intermediates
+        model.text_intermediates = lambda ids, indices, *, stop_early, features: intermediates(
+            ids, indices, stop_early=False, features=features)
+    elif break_name == "layer_norm_lock_ignored":
+        model.lock_text_tower = lambda unlocked_layers=0, freeze_layer_norm=True: ClipModel.lock_text_tower(
+            model, unlocked_layers)
     return model
 
 
@@ -111,6 +120,9 @@ BREAKS = {
     "checkpointing_flag_only": (checks.check_grad_checkpointing_recomputes, "recomputes both towers in backward"),
     "pretrained_ignored": (checks.check_build_from_spec, "a missing model.pretrained path raises ClipcoreError"),
     "lora_targets_missing": (checks.check_lora_adapters, "LoRA applies on the model's lora_targets"),
+    "forward_dict_only": (checks.check_forward_outputs, "forward returns (image_features, text_features"),
+    "stop_early_ignored": (checks.check_forward_intermediates, "stop_early runs no block after the last one taken"),
+    "layer_norm_lock_ignored": (checks.check_lock_options, "freeze_layer_norm=False keeps only the text LayerNorms"),
 }
 
 

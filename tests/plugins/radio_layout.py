@@ -126,6 +126,14 @@ def write_radio_checkpoint(path: Path, trunk: torch.nn.Module, *, heads=None, ha
 def reference_features(path: Path, model_type: str, images: torch.Tensor, *, head: str, slot: int) -> torch.Tensor:
     """timm's own model loaded with timm's own RADIO converter from the file, then the documented
     MLP2 head in plain functional ops on CLS token ``slot``."""
+    trunk, ckpt = reference_trunk(path, model_type)
+    head_state = {k[len(f"_heads.{head}."):]: v.float() for k, v in ckpt.items() if k.startswith(f"_heads.{head}.")}
+    with torch.no_grad():
+        return functional_head(head_state, trunk.forward_features(images)[:, slot])
+
+
+def reference_trunk(path: Path, model_type: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """timm's RADIO backbone loaded from the file by timm's own converter (and the file's EMA state)."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         ckpt = torch.load(path, weights_only=True)["state_dict_ema"]
     hf_layout = {}
@@ -135,9 +143,7 @@ def reference_features(path: Path, model_type: str, images: torch.Tensor, *, hea
             hf_layout["radio_model.model." + key[len("base_model."):]] = value.float()
     trunk = timm.create_model(SIZES[model_type].timm_name, num_classes=0, **TINY_TRUNK).eval()
     trunk.load_state_dict(checkpoint_filter_fn(hf_layout, trunk), strict=True)
-    head_state = {k[len(f"_heads.{head}."):]: v.float() for k, v in ckpt.items() if k.startswith(f"_heads.{head}.")}
-    with torch.no_grad():
-        return functional_head(head_state, trunk.forward_features(images)[:, slot])
+    return trunk, ckpt
 
 
 def functional_head(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

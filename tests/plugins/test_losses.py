@@ -327,7 +327,7 @@ def test_accumulation_replays_dropout_masks():
     loss_fn, micro = losses.siglip.SigLipLoss(), batches(2, 4)
     model = tiny_model(dropout=0.5).train()
     torch.manual_seed(7)
-    out = [model(b["image"], b["input_ids"]) for b in micro]
+    out = [model(b["image"], b["input_ids"], output_dict=True) for b in micro]
     loss = loss_fn(*(torch.cat([o[k] for o in out]) for k in ("image_features", "text_features")),
                    out[0]["logit_scale"], out[0]["logit_bias"], match_keys=torch.cat([b["match_keys"] for b in micro]))
     loss.backward()

@@ -287,3 +287,20 @@ def test_full_size_nvclip_parameter_counts(monkeypatch):
             text_width = configs.model_config(name)["text_cfg"]["width"]
             assert count == clipa + (77 - 32) * text_width + 1, name
         assert count > 4e8
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"image_indices": 1, "text_indices": [0, -1], "image_output_fmt": "NLC",
+                                         "image_output_extra_tokens": True, "normalize_intermediates": True},
+                                    {"image_indices": [0], "stop_early": True, "intermediates_only": True}])
+def test_intermediates_match_open_clip(nvclip_file, kwargs):
+    path, reference = nvclip_file
+    model = loading.build(make_cfg(pretrained=str(path))).eval()
+    images, ids = torch.randn(2, 3, 28, 28), model.tokenizer(TEXTS[:2])
+    with torch.no_grad():
+        found = model.forward_intermediates(images, ids, output_logit_scale_bias=True, **kwargs)
+        want = reference.forward_intermediates(images, ids, output_logit_scale_bias=True, **kwargs)
+    assert found.keys() == want.keys()
+    for key, value in want.items():
+        for have, expected in zip(found[key] if isinstance(value, list) else [found[key]],
+                                  value if isinstance(value, list) else [value]):
+            assert have.shape == expected.shape and (have - expected).abs().max() <= 1e-5, key

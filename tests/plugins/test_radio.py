@@ -545,3 +545,30 @@ def test_clip_adaptor_passes_the_backbone_checks(check):
 
     family = attrs.evolve(FAMILY, tiny=lambda model_type: factory.tiny(model_type, "clip"))
     check(Entry("backbones", "radio", family, Provider("radio", "clipcore", "0")), "c-radio_v3-h")
+
+
+# --------------------------------------------------------------------------- forward_intermediates
+def test_intermediates_match_timm_and_the_teachers(checkpoints, teachers):
+    path = checkpoints["c-radio_v3-b"]
+    siglip = build_tiny(make_cfg("c-radio_v3-b", "siglip2", path, teachers["siglip"][0]))
+    images, ids = torch.randn(2, 3, 32, 48), siglip.tokenizer(TEXTS[:2])
+    trunk, _ = layout.reference_trunk(path, "c-radio_v3-b")
+    with torch.no_grad():
+        found = siglip.forward_intermediates(images, ids, image_indices=[0, -1], image_output_extra_tokens=True,
+                                             intermediates_only=True)
+        want = trunk.forward_intermediates(images, indices=[0, -1], return_prefix_tokens=True, output_fmt="NCHW",
+                                           intermediates_only=True, output_dict=True)
+        text = teachers["siglip"][1].text_model(input_ids=ids, output_hidden_states=True)
+    for key in ("image_intermediates", "image_intermediates_prefix"):
+        assert len(found[key]) == 2
+        assert all((a - b).abs().max() <= 1e-5 for a, b in zip(found[key], want[key]))
+    assert found["image_intermediates"][0].shape[-2:] == (2, 3) and found["image_intermediates_prefix"][0].shape[1] == 8
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(found["text_intermediates"], text.hidden_states[1:]))
+
+    clip = build_tiny(make_cfg("c-radio_v3-h", "dfn_clip", checkpoints["c-radio_v3-h"], teachers["clip"][0]))
+    ids = clip.tokenizer(TEXTS[:2])
+    with torch.no_grad():
+        found = clip.forward_intermediates(text=ids, text_indices=1)
+        want = teachers["clip"][1].forward_intermediates(text=ids, text_indices=1)
+    assert (found["text_intermediates"][0] - want["text_intermediates"][0]).abs().max() <= 1e-5
+    assert (found["text_features"] - want["text_features"]).abs().max() <= 1e-5

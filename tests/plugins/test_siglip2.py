@@ -265,3 +265,37 @@ def test_full_size_architecture_has_published_parameter_count(model_type):
     with torch.device("meta"):
         hf = loading.MODEL_CLASSES["siglip2" if arch.naflex else "siglip"](architectures.hf_config(arch))
     assert sum(p.numel() for p in hf.parameters()) == PUBLISHED_PARAMETERS[model_type]
+
+
+# --------------------------------------------------------------------------- forward_intermediates
+def test_intermediates_match_transformers_hidden_states(fixed_dir):
+    directory, reference = fixed_dir
+    model = loading.build(make_cfg(pretrained=str(directory))).eval()
+    images, ids = torch.randn(2, 3, 32, 32), model.tokenizer(TEXTS[:2])
+    with torch.no_grad():
+        found = model.forward_intermediates(images, ids, image_output_fmt="NLC", normalize=False)
+        vision = reference.vision_model(pixel_values=images, output_hidden_states=True)
+        text = reference.text_model(input_ids=ids, output_hidden_states=True)
+    assert len(found["image_intermediates"]) == len(vision.hidden_states) - 1
+    for have, want in zip(found["image_intermediates"] + found["text_intermediates"],
+                          vision.hidden_states[1:] + text.hidden_states[1:]):
+        assert (have - want).abs().max() <= 1e-5
+    assert (found["image_features"] - vision.pooler_output).abs().max() <= 1e-5
+    assert (found["text_features"] - text.pooler_output).abs().max() <= 1e-5
+    assert "image_intermediates_prefix" not in model.forward_intermediates(images, image_output_extra_tokens=True)
+
+
+def test_naflex_intermediates_carry_the_patch_mask_and_match_transformers(naflex_dir):
+    directory, reference = naflex_dir
+    model = loading.build(make_cfg(NAFLEX, pretrained=str(directory), image_size=32)).eval()
+    images = torch.randn(2, 3, 32, 64)
+    patches, mask, shapes = model.patchify(images)
+    with torch.no_grad():
+        found = model.forward_intermediates(images, image_indices=[-1], normalize_intermediates=True)
+        want = reference.vision_model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes,
+                                      output_hidden_states=True)
+    (grid,) = found["image_intermediates"]
+    assert grid.shape[-2:] == (2, 4) and found["image_intermediates_mask"].all()
+    have = grid.flatten(2).transpose(1, 2)
+    assert (have - reference.vision_model.post_layernorm(want.hidden_states[-1])).abs().max() <= 1e-5
+    assert (found["image_features"] - torch.nn.functional.normalize(want.pooler_output, dim=-1)).abs().max() <= 1e-5

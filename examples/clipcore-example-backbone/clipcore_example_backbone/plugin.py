@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core import (BackboneFamily, ClipcoreError, ClipModel, PreprocessSpec, TextSpec, hookimpl,
-                  init_logit_params, init_logit_values, load_model_weights, refuse_model_keys)
+from core import (BackboneFamily, ClipcoreError, ClipModel, PreprocessSpec, TextSpec, TowerIntermediates, hookimpl,
+                  init_logit_params, init_logit_values, load_model_weights, refuse_model_keys, run_blocks)
 
 CONTEXT_LENGTH = 32
 PAD, EOS = 0, 1
@@ -110,6 +110,28 @@ class TinyClip(ClipModel):
             x = self._run(block, x)
         eos = (input_ids == EOS).int().argmax(dim=1)
         return t["proj"](x[torch.arange(x.shape[0]), eos])
+
+    def image_intermediates(self, images: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                            features: bool) -> TowerIntermediates:
+        """The conv blocks' maps as tokens (each block halves the grid); no extra tokens."""
+        x, tokens, grids = images, [], []
+        blocks = self.vision_blocks()
+        for i, block in enumerate(blocks[: max(indices) + 1] if stop_early else blocks):
+            x = block(x)
+            if i in indices:
+                tokens.append(x.flatten(2).transpose(1, 2))
+                grids.append((x.shape[-2], x.shape[-1]))
+        pooled = self.vision_tower["proj"](x.mean(dim=(2, 3))) if features else None
+        return TowerIntermediates(tokens=tokens, grids=grids, features=pooled)
+
+    def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
+                           features: bool) -> TowerIntermediates:
+        t = self.text_tower
+        x = t["embed"](input_ids) + t["pos"].weight[: input_ids.shape[1]]
+        x, tokens = run_blocks(self.text_blocks(), x, indices, stop_early=stop_early)
+        eos = (input_ids == EOS).int().argmax(dim=1)
+        pooled = t["proj"](x[torch.arange(x.shape[0]), eos]) if features else None
+        return TowerIntermediates(tokens=tokens, features=pooled)
 
     def vision_blocks(self) -> list[nn.Module]:
         return list(self.vision_tower["blocks"])
