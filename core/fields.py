@@ -33,6 +33,9 @@ class Rule:
 
     test: Callable[[Any], bool]
     text: str
+    #: The same rule in JSON Schema keywords (``core get-spec --format json-schema``); empty when
+    #: JSON Schema cannot state it (the text then goes into the field's description).
+    schema: dict[str, Any] = attrs.field(factory=dict, eq=False)
 
     def __call__(self, instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value is not None and not self.test(value):
@@ -40,15 +43,15 @@ class Rule:
 
 
 def at_least(low: float) -> Rule:
-    return Rule(lambda v: v >= low, f">= {low}")
+    return Rule(lambda v: v >= low, f">= {low}", {"minimum": low})
 
 
 def above(low: float) -> Rule:
-    return Rule(lambda v: v > low, f"> {low}")
+    return Rule(lambda v: v > low, f"> {low}", {"exclusiveMinimum": low})
 
 
 def each_at_least(low: int) -> Rule:
-    return Rule(lambda v: all(x >= low for x in v), f"every item >= {low}")
+    return Rule(lambda v: all(x >= low for x in v), f"every item >= {low}", {"items": {"minimum": low}})
 
 
 def opt(default: Any, help: str, *, path: Literal["file", "dir", "any"] | None = None, **kw: Any) -> Any:

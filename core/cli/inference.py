@@ -11,7 +11,11 @@ Outputs in ``<results_dir>/inference/``:
 
 - ``image_embeddings.h5``: ``embeddings`` float32 ``[N, D]`` (L2-normalised, gzip 4),
   ``image_paths`` UTF-8 strings ``[N]``; attributes ``num_images``, ``embedding_dim``,
-  ``embedding_type = "image"``;
+  ``embedding_type = "image"``. With ``inference.features = "patch"`` also ``patch_features``
+  float32 ``[N, H', W', C]`` (or ``[N, H'*W', C]``; chunked by image, gzip 4) from block
+  ``patch_block`` and, where the tower has them, ``patch_prefix`` ``[N, E, C]`` (class / register /
+  summary tokens); attributes ``patch_block`` (absolute), ``patch_grid`` ``[H', W']``,
+  ``patch_layout``, ``patch_norm``;
 - ``text_embeddings.h5``: ``embeddings`` ``[M, D]``, ``texts`` ``[M]``; ``num_texts``,
   ``embedding_dim``, ``embedding_type = "text"``;
 - ``object_embeddings.h5``: ``embeddings`` ``[K, D]``, one row per box, with ``image_paths``,
@@ -50,7 +54,7 @@ from core.cli.launch import run_embedding_action
 from core.runtime.distributed import World
 from core.eval.detections import CropLoader, Detection, read_detections
 from core.eval.embed import Encoder, Shard, image_batches, image_files, path_loader, progress_bar, text_batches
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.storage import Storage
 from core.images import IMAGE_EXTENSIONS
 
@@ -94,8 +98,10 @@ def infer(cfg, encoder: Encoder, world: World, out_dir: Path) -> list[tuple[Path
                                phase="inference")
             shard = Shard.of(len(paths), world.rank, world.size)
             load = path_loader(paths, encoder.transform, max_pixels=cfg.dataset.max_image_pixels)
-            batches = _image_rows(encoder, load, names, range(shard.start, shard.stop), inf, bad, progress)
-            written.append(_write_sharded(out_dir / IMAGE_FILE, "image", provenance, batches, world))
+            attributes = dict(provenance)
+            encode = _patch_encoder(encoder, inf, attributes) if inf.features == "patch" else None
+            batches = _image_rows(encoder, load, names, range(shard.start, shard.stop), inf, bad, progress, encode)
+            written.append(_write_sharded(out_dir / IMAGE_FILE, "image", attributes, batches, world))
             bad.report("inference")
         if inf.detections:
             written.append(_embed_objects(cfg, encoder, world, out_dir, provenance, progress))
@@ -166,13 +172,34 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _image_rows(encoder, load, names: list[str], indices, inf, bad: BadSampleLog,
-                progress) -> Iterator[tuple[list[str], torch.Tensor]]:
+def _image_rows(encoder, load, names: list[str], indices, inf, bad: BadSampleLog, progress,
+                encode=None) -> Iterator[tuple[Columns, torch.Tensor]]:
     for batch in image_batches(encoder, load, indices, batch_size=inf.batch_size, num_workers=inf.num_workers,
-                               progress=progress, description="inference: images"):
+                               progress=progress, description="inference: images", encode=encode):
         for index, reason, detail in batch.failed:
             bad.record(names[index], reason, detail)
-        yield {"image_paths": [names[i] for i in batch.indices]}, batch.embeddings
+        yield {"image_paths": [names[i] for i in batch.indices], **batch.columns}, batch.embeddings
+
+
+def _patch_encoder(encoder, inf, attributes: dict[str, Any]):
+    """``encode`` for ``features = "patch"``; records the block, layout and norm in ``attributes``
+    and the patch grid once the first batch is embedded."""
+    if not hasattr(encoder, "encode_image_patches"):
+        raise ConfigError("patch features come from the PyTorch model's vision blocks", where="inference.features",
+                          fix="embed with inference.checkpoint (or the pretrained weights), not an ONNX file or engine")
+    blocks = len(encoder.model.vision_blocks())
+    if not -blocks <= inf.patch_block < blocks:
+        raise ConfigError(f"block {inf.patch_block} of a vision tower with {blocks} blocks", where="inference.patch_block",
+                          fix=f"use {-blocks}..{blocks - 1} (negative: from the end)")
+    attributes.update(patch_block=inf.patch_block % blocks, patch_layout=inf.patch_layout, patch_norm=inf.patch_norm)
+
+    def encode(items):
+        embeddings, columns, grid = encoder.encode_image_patches(items, block=inf.patch_block,
+                                                                 layout=inf.patch_layout, norm=inf.patch_norm)
+        attributes["patch_grid"] = list(grid)
+        return embeddings, columns
+
+    return encode
 
 
 # --------------------------------------------------------------------------- provenance
@@ -204,6 +231,7 @@ def _absolute_paths(cfg):
 # --------------------------------------------------------------------------- HDF5
 COUNTS = {"image": "num_images", "text": "num_texts", "object": "num_objects"}
 CHUNK_ROWS = 256
+CHUNK_BYTES = 1 << 20
 CACHE_BYTES = 64 * 2**20
 Columns = dict[str, Any]  # per-row values of a batch: a list of strings, or an array with one row per item
 
@@ -245,13 +273,17 @@ def write_embeddings(path: Path, kind: str, attributes: dict[str, Any],
 
 
 def _create_column(f: h5py.File, name: str, values: Any) -> None:
+    """A growable dataset; float arrays are gzip-compressed in chunks of at most ``CHUNK_ROWS`` rows
+    and about 1 MiB (one patch-feature map can be larger than a whole chunk of embeddings)."""
     if isinstance(values, list):
         f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(CHUNK_ROWS,), dtype=h5py.string_dtype("utf-8"))
         return
     values = np.asarray(values)
-    extra = {"compression": "gzip", "compression_opts": 4} if name == "embeddings" else {}
+    row_bytes = values[0].nbytes if len(values) else values.itemsize
+    rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(row_bytes, 1)))
+    extra = {"compression": "gzip", "compression_opts": 4} if values.dtype.kind == "f" else {}
     f.create_dataset(name, shape=(0, *values.shape[1:]), maxshape=(None, *values.shape[1:]), dtype=values.dtype,
-                     chunks=(CHUNK_ROWS, *values.shape[1:]), **extra)
+                     chunks=(rows, *values.shape[1:]), **extra)
 
 
 def read_embedding_rows(path: Path, rows: int = CHUNK_ROWS * 16) -> Iterator[tuple[Columns, torch.Tensor]]:

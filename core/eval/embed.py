@@ -82,6 +82,22 @@ class ModelEncoder:
         ids = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
         return F.normalize(self.model.encode_text(ids).float(), dim=-1).cpu()
 
+    @torch.no_grad()
+    def encode_image_patches(self, items: Sequence[torch.Tensor], *, block: int, layout: str,
+                             norm: bool) -> tuple[torch.Tensor, dict[str, np.ndarray], tuple[int, int]]:
+        """Embeddings and, from one forward, block ``block``'s patch features: ``patch_features``
+        ``[B, H', W', C]`` (layout NHWC) or ``[B, H'*W', C]`` (NLC), and ``patch_prefix`` ``[B, E, C]``
+        (class / register / summary tokens) where the tower has them; and the grid ``(H', W')``."""
+        images = torch.stack(list(items)).to(self.device, non_blocking=True)
+        out = self.model.forward_intermediates(images, image_indices=[block], normalize_intermediates=norm,
+                                               image_output_extra_tokens=True)
+        maps = out["image_intermediates"][0].float()
+        patches = maps.permute(0, 2, 3, 1) if layout == "NHWC" else maps.flatten(2).transpose(1, 2)
+        columns = {"patch_features": patches.cpu().numpy()}
+        if "image_intermediates_prefix" in out:
+            columns["patch_prefix"] = out["image_intermediates_prefix"][0].float().cpu().numpy()
+        return out["image_features"].float().cpu(), columns, tuple(maps.shape[-2:])
+
 
 class RunnerEncoder:
     """A deployed model (:class:`core.exporter.Runner`) as an encoder."""
@@ -177,6 +193,7 @@ class ImageBatch:
     indices: list[int]
     embeddings: torch.Tensor
     failed: list[tuple[int, str | None, str | None]]
+    columns: dict[str, np.ndarray] = attrs.Factory(dict)  # per-row extras of ``encode`` (patch features)
 
 
 class _Items(torch.utils.data.Dataset):
@@ -200,18 +217,22 @@ def _as_list(batch: list) -> list:
 
 def image_batches(encoder: Encoder, load: Callable[[int], Any], indices: Sequence[int], *,
                   batch_size: int, num_workers: int = 0, progress: Progress | None = None,
-                  description: str = "images") -> Iterator[ImageBatch]:
+                  description: str = "images",
+                  encode: Callable[[list], tuple[torch.Tensor, dict[str, np.ndarray]]] | None = None,
+                  ) -> Iterator[ImageBatch]:
     """Embed the items ``load(i)`` for ``i`` in ``indices``, in batches, loading with
     ``num_workers`` processes. ``load`` returns the transformed item, or ``None`` / raises
-    :class:`BadSample` for an unreadable one (reported in ``failed``, never shifting rows)."""
+    :class:`BadSample` for an unreadable one (reported in ``failed``, never shifting rows).
+    ``encode(items) -> (embeddings, columns)`` replaces ``encoder.encode_images`` when given."""
+    encode = encode or (lambda items: (encoder.encode_images(items), {}))
     loader = torch.utils.data.DataLoader(_Items(load, indices), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=_as_list, persistent_workers=False)
     task = progress.add_task(description, total=len(indices)) if progress is not None else None
     for batch in loader:
         good = [(i, item) for i, item, _ in batch if item is not None]
         failed = [(i, *(bad or (None, None))) for i, item, bad in batch if item is None]
-        embeddings = encoder.encode_images([item for _, item in good]) if good else torch.empty(0, 0)
-        yield ImageBatch([i for i, _ in good], embeddings, failed)
+        embeddings, columns = encode([item for _, item in good]) if good else (torch.empty(0, 0), {})
+        yield ImageBatch([i for i, _ in good], embeddings, failed, columns)
         if task is not None:
             progress.advance(task, len(batch))
 

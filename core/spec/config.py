@@ -22,20 +22,24 @@ from core.batching import MATCH_KINDS
 from core.data import DatasetEntry
 from core.fields import Rule, above, at_least, each_at_least, entries, opt, section
 
-PROBABILITY = Rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
-FRACTION = Rule(lambda v: 0 < v < 1, "a fraction in (0, 1)")
-BATCH_OR_DYNAMIC = Rule(lambda v: v == -1 or v >= 1, "-1 (dynamic batch) or >= 1")
+PROBABILITY = Rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]", {"minimum": 0, "maximum": 1})
+FRACTION = Rule(lambda v: 0 < v < 1, "a fraction in (0, 1)", {"exclusiveMinimum": 0, "exclusiveMaximum": 1})
+BATCH_OR_DYNAMIC = Rule(lambda v: v == -1 or v >= 1, "-1 (dynamic batch) or >= 1",
+                        {"anyOf": [{"const": -1}, {"minimum": 1}]})
 MIN_IMAGE_SIDE = at_least(32)
 SCALE_RANGE = Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
-                   "an ordered pair [min, max] with 0 < min <= max <= 1")
+                   "an ordered pair [min, max] with 0 < min <= max <= 1",
+                   {"minItems": 2, "maxItems": 2, "items": {"exclusiveMinimum": 0, "maximum": 1}})
 MATCH_LIST = Rule(lambda v: len(set(v)) == len(v) and set(v) <= set(MATCH_KINDS),
-                  "distinct items of " + ", ".join(MATCH_KINDS))
-BETAS = Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)")
+                  "distinct items of " + ", ".join(MATCH_KINDS), {"uniqueItems": True, "items": {"enum": list(MATCH_KINDS)}})
+BETAS = Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)",
+             {"minItems": 2, "maxItems": 2, "items": {"minimum": 0, "exclusiveMaximum": 1}})
 COLOR_JITTER = Rule(
     lambda v: len(v) in (0, 4, 5) and all(x >= 0 for x in v) and (len(v) != 5 or v[0] <= 1)
     and (not v or v[-1] <= 0.5),
     "[] (off), [brightness, contrast, saturation, hue] or [prob, brightness, contrast, saturation, "
-    "hue]; all >= 0, prob <= 1, hue <= 0.5")
+    "hue]; all >= 0, prob <= 1, hue <= 0.5",
+    {"items": {"minimum": 0}, "anyOf": [{"maxItems": 0}, {"minItems": 4, "maxItems": 5}]})
 
 
 spec = attrs.define(kw_only=True, slots=True)
@@ -295,10 +299,20 @@ class InferenceConfig(EvalConfig):
         "square", "square: grow the crop's shorter side to the longer (no distortion by the model's resize) | "
                   "box: keep the box's aspect.")
     min_score: float = opt(0.0, "Leave out detections scoring below this (detections without a score are kept).")
+    features: Literal["embedding", "patch"] = opt(
+        "embedding", "embedding: the image embeddings (TAO's output) | patch: also each image's per-patch features "
+                     "from one vision block (patch_features in image_embeddings.h5; needs the PyTorch model, "
+                     "not onnx_file / trt_engine). Size: grid height x width x block width x 4 bytes per image, "
+                     "e.g. 14x14x768 = 0.6 MB for a ViT-B/16 at 224.")
+    patch_block: int = opt(-1, "features = patch: the vision block whose output is written (negative: from the end).")
+    patch_layout: Literal["NHWC", "NLC"] = opt("NHWC", "features = patch: [N, H', W', C] maps | [N, H'*W', C] tokens.")
+    patch_norm: bool = opt(True, "features = patch: apply the vision tower's final norm to the block output (what "
+                                 "its last layer sees) | false: the raw block output.")
 
 
 PROMPT_TEMPLATES = Rule(lambda v: all(isinstance(t, str) and t.count("{}") == 1 for t in v),
-                        'prompts containing "{}" exactly once, where the class name goes')
+                        'prompts containing "{}" exactly once, where the class name goes',
+                        {"items": {"pattern": r"^(?:(?!\{\})[\s\S])*\{\}(?:(?!\{\})[\s\S])*$"}})
 
 
 @spec
@@ -411,7 +425,7 @@ class ExportConfig:
                                       "reduced precision may lose, in points.", validator=at_least(0.0))
     min_cosine: float = opt(0.99, "Gate: the lowest cosine allowed between a reduced-precision embedding and the "
                                   "fp32 model's, over dataset.val's images and captions.",
-                            validator=Rule(lambda v: 0 < v <= 1, "in (0, 1]"))
+                            validator=Rule(lambda v: 0 < v <= 1, "in (0, 1]", {"exclusiveMinimum": 0, "maximum": 1}))
     force: bool = opt(False, "Overwrite existing output files.")
     gpu_id: int = opt(0, "GPU used for export.", validator=at_least(0))
     on_cpu: bool = opt(False, "Export on CPU.")

@@ -17,6 +17,7 @@ the plugin's attrs class and stored in ``cfg.plugins[path]`` (defaults when abse
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import sys
 import tempfile
@@ -36,13 +37,14 @@ from core.errors import ConfigError
 from core.registry import Registry, get_registry
 from core.spec.rules import ACTIONS, TAO_ACTIONS, check
 from core.spec.problems import Problem, raise_problems
+from core.spec.json_schema import json_schema
 from core.spec.render import format_value, render
 from core.spec.schema import (Table, accepts_str, all_keys, child_sections, choices, describe,
-                              field_named, fields_of, fits, key_locations, members, table_item, type_at)
+                              field_named, fields_of, fits, join_path, key_locations, members, table_item, type_at)
 from core.spec.tao import INERT, RENAMED, read_tao_spec, translate
 
 __all__ = ["ACTIONS", "TAO_ACTIONS", "LoadedSpec", "action_dir", "check", "configured_actions", "convert_tao_spec",
-           "get_spec", "load_config", "load_spec", "write_spec_file"]
+           "get_json_schema", "get_spec", "load_config", "load_spec", "write_spec_file"]
 
 #: The top-level sections each action reads (written first by ``get_spec(action)``).
 ACTION_SECTIONS = {
@@ -99,10 +101,14 @@ def action_dir(cfg: ExperimentConfig, action: str) -> Path:
     return Path(own) if own else Path(cfg.results_dir) / action
 
 
-def get_spec(action: str | None = None, registry: Registry | None = None) -> str:
-    """A complete, commented spec with every default; ``action``'s sections come first."""
+def _check_action(action: str | None) -> None:
     if action is not None and action not in ACTIONS:
         raise ConfigError(f"unknown action {action!r}", where="--action", fix="valid: " + ", ".join(ACTIONS))
+
+
+def get_spec(action: str | None = None, registry: Registry | None = None) -> str:
+    """A complete, commented spec with every default; ``action``'s sections come first."""
+    _check_action(action)
     sections = _plugin_sections(registry)
     cfg = structure({}, sections, source="defaults")
     reads = ACTION_SECTIONS.get(action, ())
@@ -120,6 +126,17 @@ def get_spec(action: str | None = None, registry: Registry | None = None) -> str
                    + f" (written first) and writes to <results_dir>/{action};",
                    "# it ignores the other sections."]
     return render(cfg, sections, header=header + [""], first=reads)
+
+
+def get_json_schema(action: str | None = None, registry: Registry | None = None) -> str:
+    """The spec's JSON Schema (draft 2020-12) as text; ``action``'s sections come first."""
+    _check_action(action)
+    title = f"clipcore experiment spec{f' for `core {action}`' if action else ''}"
+    schema = json_schema(_plugin_sections(registry), title=title, first=ACTION_SECTIONS.get(action, ()))
+    if action in ACTION_SECTIONS:
+        schema["description"] = (f"`core {action}` reads " + ", ".join(ACTION_SECTIONS[action])
+                                 + "; it ignores the other sections.")
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
 def convert_tao_spec(yaml_path: str | os.PathLike, registry: Registry | None = None) -> str:
@@ -320,10 +337,6 @@ def _structure_as(data: dict[str, Any], cls: type, path: str, problems: list[Pro
         return None
 
 
-def _join(path: str, name: Any) -> str:
-    return f"{path}.{name}" if path else str(name)
-
-
 def _collect(err: BaseException, path: str, owner: Any, problems: list[Problem]) -> None:
     """Turn a cattrs error tree into problems with full key paths."""
     if isinstance(err, (ClassValidationError, IterableValidationError)):
@@ -331,12 +344,12 @@ def _collect(err: BaseException, path: str, owner: Any, problems: list[Problem])
             sub_path, sub_owner = path, owner
             for note in getattr(sub, "__notes__", ()):
                 if isinstance(note, AttributeValidationNote):
-                    sub_path, sub_owner = _join(path, note.name), note.type
+                    sub_path, sub_owner = join_path(path, note.name), note.type
                 elif isinstance(note, IterableValidationNote):
-                    sub_path, sub_owner = _join(path, note.index), note.type
+                    sub_path, sub_owner = join_path(path, note.index), note.type
             _collect(sub, sub_path, sub_owner, problems)
     elif isinstance(err, InvalidValue):
-        problems.append(Problem(_join(path, err.key), f"{format_value(err.value)} is out of range",
+        problems.append(Problem(join_path(path, err.key), f"{format_value(err.value)} is out of range",
                                 f"valid: {err.valid}"))
     elif isinstance(err, _WrongType):
         valid = choices(err.tp)
@@ -369,7 +382,7 @@ def _screen(data: Any, table: Table, key_path: str, sections: dict[str, type],
     clean: dict[str, Any] = {}
     own_sections = child_sections(sections, table.path) if not table.array else {}
     for key, value in data.items():
-        path, schema_path = _join(key_path, key), _join(table.path, key)
+        path, schema_path = join_path(key_path, key), join_path(table.path, key)
         f = field_named(table.cls, key)
         if f is None and key in own_sections:
             if _is_table(value, path, problems):
@@ -406,7 +419,7 @@ def _unknown_key(key: str, path: str, table: Table, sections: dict[str, type]) -
     valid = sorted([f.name for f in fields_of(table.cls)]
                    + ([] if table.array else list(child_sections(sections, table.path))))
     listing = f"valid keys of {table.label}: {', '.join(valid)}"
-    full = _join(table.path, key)
+    full = join_path(table.path, key)
     if full in RENAMED:
         return Problem(path, f"{key!r} is TAO's old name of {RENAMED[full].rpartition('.')[2]!r}",
                        f"rename it to {RENAMED[full].rpartition('.')[2]} "

@@ -58,6 +58,11 @@ def _help(f: attrs.Attribute) -> str:
     return f.metadata.get("help", "")
 
 
+def comment_text(f: attrs.Attribute) -> str:
+    """The text of a field's comments in the spec: its help, then its valid values."""
+    return "\n".join(filter(None, (_help(f), _valid(f))))
+
+
 def _valid(f: attrs.Attribute) -> str:
     kind, rule = describe(f.type), rule_text(f)
     text = f"valid: {kind}" + (f", {rule}" if rule else "")

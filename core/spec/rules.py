@@ -252,6 +252,10 @@ class _Checker:
                          "inference.detections are unset", "add an [[inference.datasets]] table with image_dir, or "
                          "set inference.text_file or inference.detections")
         self.entries("inference.datasets", inf.datasets)
+        if inf.features == "patch" and (inf.onnx_file or inf.trt_engine):
+            self.problem("inference.features", "patch features come from the PyTorch model's vision blocks, and "
+                         f"inference.{'onnx_file' if inf.onnx_file else 'trt_engine'} is set",
+                         "embed with inference.checkpoint (or the pretrained weights), or set features = \"embedding\"")
         self.exists("inference.text_file", inf.text_file, "file")
         self.path_fields("inference", inf)
         self.weights("inference", inf)

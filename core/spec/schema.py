@@ -61,10 +61,6 @@ def table_item(tp: Any) -> tuple[type, bool] | None:
     return None
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 def walk_tables(plugin_sections: dict[str, type], cls: type = ExperimentConfig,
                 path: str = "", array: bool = False) -> Iterator[Table]:
     """Every table of the schema, parents before children, plugin sections after their parent."""
@@ -72,7 +68,7 @@ def walk_tables(plugin_sections: dict[str, type], cls: type = ExperimentConfig,
     for f in fields_of(cls):
         sub = table_item(f.type)
         if sub:
-            yield from walk_tables(plugin_sections, sub[0], _join(path, f.name), sub[1])
+            yield from walk_tables(plugin_sections, sub[0], join_path(path, f.name), sub[1])
     for sub_path, sub_cls in plugin_sections.items():
         if parent_path(sub_path) == path:
             yield from walk_tables(plugin_sections, sub_cls, sub_path)
@@ -111,6 +107,11 @@ def default_of(f: attrs.Attribute) -> Any:
     return f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
 
 
+def join_path(path: str, name: Any) -> str:
+    """``path.name`` (``name`` alone at the root)."""
+    return f"{path}.{name}" if path else str(name)
+
+
 def _resolve(parts: list[str], plugin_sections: dict[str, type]) -> tuple[Any, attrs.Attribute | None]:
     tp: Any = ExperimentConfig
     attribute = None
@@ -130,7 +131,7 @@ def _resolve(parts: list[str], plugin_sections: dict[str, type]) -> tuple[Any, a
                 tp = sections[part]
             else:
                 return None, None
-            path = _join(path, part)
+            path = join_path(path, part)
         else:
             return None, None
     return tp, attribute

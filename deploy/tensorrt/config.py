@@ -11,7 +11,7 @@ from core import ConfigError, ConfigSection, Rule, at_least, opt
 LAYER_PRECISION = Rule(
     lambda v: all(isinstance(x, str) and x.rpartition(":")[0] and x.rpartition(":")[2] in ("fp32", "fp16")
                   for x in v),
-    'items "layer_name:fp32" or "layer_name:fp16"')
+    'items "layer_name:fp32" or "layer_name:fp16"', {"items": {"type": "string", "pattern": ".:(fp32|fp16)$"}})
 
 
 @attrs.define(kw_only=True)

@@ -191,3 +191,44 @@ def test_top_k_streams_blocks_and_breaks_ties_by_row(tmp_path):
     np.testing.assert_array_equal(rows, want)
     assert list(rows[0][:2]) == [7, 30]
     np.testing.assert_allclose(scores, np.take_along_axis(queries.numpy() @ emb.T, want, 1), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- patch features
+def test_patch_features_of_a_vision_block(folders, tmp_path, color_clip, capsys):
+    from PIL import Image
+
+    from core.registry import get_registry
+    from core.runtime.checkpoint import model_checkpoint, save_atomic
+    from core.runtime.transforms import eval_transform
+
+    torch.manual_seed(0)
+    model = get_registry().backbone_for("example-tiny").tiny("example-tiny").eval()
+    checkpoint = save_atomic(model_checkpoint(model), tmp_path / "tiny.pth")
+    body = (f'\n[[inference.datasets]]\nimage_dir = "{folders["b"]}"\n')
+    spec = color_clip.write_spec(tmp_path / "spec.toml", tmp_path / "results", body, model="example-tiny")
+    common = ["-c", str(spec), f"inference.checkpoint={checkpoint}", "model.image_size=32"]
+    assert main(["inference", *common, "inference.features=patch", "inference.patch_block=-2"]) == 0
+    with h5py.File(tmp_path / "results" / "inference" / "image_embeddings.h5", "r") as f:
+        patches, embeddings = f["patch_features"], f["embeddings"][:]
+        # example-tiny's blocks halve the grid: block 1 of 3 on 32x32 images is 8x8 x 32 channels
+        assert patches.shape == (2, 8, 8, 32) and patches.compression == "gzip" and patches.chunks[0] >= 1
+        assert (f.attrs["patch_block"], list(f.attrs["patch_grid"]), f.attrs["patch_layout"]) == (1, [8, 8], "NHWC")
+        names = list(f["image_paths"].asstr()[:])
+        have = patches[:]
+    transform = eval_transform(model.preprocess)
+    images = torch.stack([transform(Image.open(n).convert("RGB")) for n in names])
+    with torch.no_grad():
+        want = model.forward_intermediates(images, image_indices=[1])
+    np.testing.assert_allclose(have, want["image_intermediates"][0].permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(embeddings, want["image_features"].numpy(), atol=1e-5)
+
+    assert main(["inference", *common, "results_dir=" + str(tmp_path / "nlc"), "inference.features=patch",
+                 "inference.patch_layout=NLC"]) == 0
+    with h5py.File(tmp_path / "nlc" / "inference" / "image_embeddings.h5", "r") as f:
+        assert f["patch_features"].shape == (2, 16, 32) and list(f.attrs["patch_grid"]) == [4, 4]
+
+    capsys.readouterr()
+    assert main(["inference", *common, "inference.features=patch", "inference.patch_block=3"]) == 2
+    assert "inference.patch_block: block 3 of a vision tower with 3 blocks" in capsys.readouterr().err
+    assert main(["inference", "-c", str(spec), "inference.features=patch", f"inference.onnx_file={checkpoint}"]) == 2
+    assert "inference.features: patch features come from the PyTorch model's vision blocks" in capsys.readouterr().err
