@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import attrs
 from rich.console import Console
+from rich.markup import escape
 
 from core.artifact import tower_paths
 from core.errors import ClipcoreError, file_system_error
@@ -38,7 +39,7 @@ STEPS = ("train", "evaluate", "export", "gen_trt_engine")
 STEP_SECTIONS = {"train": ("model", "train", "dataset"), "evaluate": ("model", "evaluate", "dataset"),
                  "export": ("model", "export", "dataset"), "gen_trt_engine": ("gen_trt_engine", "export", "dataset")}
 RUN_FILE = "run.json"
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,11 +106,11 @@ def run(cfg, args: argparse.Namespace) -> int:
             raise ClipcoreError(f"the chain stopped at step {name}: {cause}", where="core run",
                                 fix=f"{err.fix}; then {then}" if err.fix else then) from None
         step.seconds = round(time.monotonic() - started, 3)
-        console.print(f"[bold]{name}[/bold]: {step.status}" + (f" ({step.reason})" if step.reason else "")
+        console.print(f"[bold]{name}[/bold]: {step.status}" + (f" ({escape(step.reason)})" if step.reason else "")
                       + (f" in {step.seconds:.1f} s" if step.status == "ran" else ""))
         _write_record(record, record_path)
     _finish(record, record_path, "ok")
-    console.print(f"wrote {record_path}")
+    console.print(f"wrote {record_path}", markup=False)
     return 0
 
 
@@ -146,7 +147,7 @@ def _train(cfg, step: Step, args) -> Plan:
     def hand_on(_cfg) -> list[str]:
         found = checkpoint()
         console.print(f"train: later steps take {found}" + ("" if found.name == BEST else
-                                                             " (no best.pth: training ran no validation)"))
+                                                             " (no best.pth: training ran no validation)"), markup=False)
         return [f"evaluate.checkpoint={found}", f"export.checkpoint={found}"]
 
     return Plan(pretrained, lambda: [checkpoint()], metrics=metrics, hand_on=hand_on)
@@ -160,7 +161,7 @@ def _evaluate(cfg, step: Step, args) -> Plan | None:
         step.reason = "nothing to evaluate: no dataset.val data and no evaluate.classification_dir"
         return None
     step.picked = {"checkpoint": str(cfg.evaluate.checkpoint)}
-    console.print(f"evaluate: picked {cfg.evaluate.checkpoint}")
+    console.print(f"evaluate: picked {cfg.evaluate.checkpoint}", markup=False)
     results = action_dir(cfg, "evaluate") / RESULTS_FILE
 
     def metrics() -> dict[str, Any]:
@@ -178,7 +179,7 @@ def _export(cfg, step: Step, args) -> Plan:
 
     onnx_file = output_path(cfg, action_dir(cfg, "export"))
     step.picked = {"checkpoint": str(cfg.export.checkpoint)}
-    console.print(f"export: picked {cfg.export.checkpoint}")
+    console.print(f"export: picked {cfg.export.checkpoint}", markup=False)
 
     def outputs() -> list[Path]:
         return [onnx_file] if cfg.export.encoder_type == "combined" else tower_paths(onnx_file)
@@ -201,7 +202,7 @@ def _gen_trt_engine(cfg, step: Step, args) -> Plan | None:
         return None
     onnx_file = Path(cfg.gen_trt_engine.onnx_file)
     step.picked = {"onnx_file": str(onnx_file)}
-    console.print(f"gen_trt_engine: picked {onnx_file}")
+    console.print(f"gen_trt_engine: picked {onnx_file}", markup=False)
     inputs = [onnx_file] if onnx_file.is_file() else [p for p in tower_paths(onnx_file) if p.is_file()]
     return Plan(inputs, lambda: [p for p in [engine, *tower_paths(engine)] if p.exists()] or [engine])
 

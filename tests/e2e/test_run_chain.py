@@ -78,6 +78,9 @@ def test_the_chain_runs_end_to_end_on_its_parents_outputs(chain, capsys):
     engine = done["gen_trt_engine"]
     if unavailable():
         assert engine["status"] == "skipped" and "cannot run here" in engine["reason"]
+        capsys.readouterr()
+        assert main(["run", "-c", str(spec)]) == 0  # everything up to date; the reason printed as it is
+        assert "pip install clipcore[trt]" in capsys.readouterr().err
     else:
         assert engine["status"] == "ran" and engine["picked"] == {"onnx_file": str(results / "export" / "best.onnx")}
 
