@@ -137,12 +137,18 @@ class ClipModel(nn.Module):
         """The outputs of the vision blocks at ``indices`` (absolute, sorted); with ``stop_early`` the
         blocks after the last of them need not run (``features`` is then false); with ``features``
         the tower's output embedding too."""
-        raise NotImplementedError
+        raise self._no_intermediates("image_intermediates")
 
     def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
                            features: bool) -> TowerIntermediates:
         """As :meth:`image_intermediates`, for the text blocks."""
-        raise NotImplementedError
+        raise self._no_intermediates("text_intermediates")
+
+    def _no_intermediates(self, method: str) -> ClipcoreError:
+        return ClipcoreError(f"{type(self).__name__} ({self.model_type}) does not implement {method}, so it has no "
+                             "block-level features (forward_intermediates, inference.features = patch)",
+                             where="model.type", fix="update the backbone plugin to a version that implements "
+                                                     "image_intermediates and text_intermediates")
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         raise NotImplementedError

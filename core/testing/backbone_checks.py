@@ -496,7 +496,11 @@ def check_forward_intermediates(entry: Entry, model_type: str) -> None:
     images, ids = _inputs(model)
     blocks = {"image": list(model.vision_blocks()), "text": list(model.text_blocks())}
     with torch.no_grad():
-        full = model.forward_intermediates(images, ids, output_logits=True, output_logit_scale_bias=True)
+        try:
+            full = model.forward_intermediates(images, ids, output_logits=True, output_logit_scale_bias=True)
+        except ClipcoreError as exc:
+            raise _fail(entry, model_type, "image_intermediates and text_intermediates are implemented",
+                        exc.what) from None
         flat = model.forward_intermediates(images, ids, image_output_fmt="NLC", image_output_extra_tokens=True,
                                            text_output_extra_tokens=True, intermediates_only=True)
         want = {"image": model.encode_image(images, normalize=True), "text": model.encode_text(ids, normalize=True)}

@@ -82,6 +82,8 @@ def broken(break_name: str):
         model.lora_targets = {"vision": ("conv_that_is_not_there",), "text": ("fc1",)}
     elif break_name == "forward_dict_only":
         model.forward = lambda image=None, text=None, output_dict=False: ClipModel.forward(model, image, text, True)
+    elif break_name == "no_intermediates":
+        model.text_intermediates = lambda *a, **k: ClipModel.text_intermediates(model, *a, **k)
     elif break_name == "stop_early_ignored":
         intermediates = model.text_intermediates
         model.text_intermediates = lambda ids, indices, *, stop_early, features: intermediates(
@@ -122,6 +124,7 @@ BREAKS = {
     "lora_targets_missing": (checks.check_lora_adapters, "LoRA applies on the model's lora_targets"),
     "forward_dict_only": (checks.check_forward_outputs, "forward returns (image_features, text_features"),
     "stop_early_ignored": (checks.check_forward_intermediates, "stop_early runs no block after the last one taken"),
+    "no_intermediates": (checks.check_forward_intermediates, "image_intermediates and text_intermediates are implemented"),
     "layer_norm_lock_ignored": (checks.check_lock_options, "freeze_layer_norm=False keeps only the text LayerNorms"),
 }
 
