@@ -65,7 +65,7 @@ class OpenClipModel(ClipModel):
         return TowerIntermediates(tokens=[m.flatten(2).transpose(1, 2) for m in maps],
                                   extra=found.get("image_intermediates_prefix"), grids=[tuple(m.shape[-2:]) for m in maps],
                                   features=found.get("image_features"),
-                                  final_norm=getattr(self.vision_tower, "ln_post", None))
+                                  final_norm=_final_norm(self.vision_tower))
 
     def text_intermediates(self, input_ids: torch.Tensor, indices: Sequence[int], *, stop_early: bool,
                            features: bool) -> TowerIntermediates:
@@ -93,3 +93,11 @@ class OpenClipModel(ClipModel):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_tower.set_grad_checkpointing(enable)
         self.text_tower.set_grad_checkpointing(enable)
+
+
+def _final_norm(visual: nn.Module) -> nn.Module | None:
+    """The image tower's last norm: open_clip ViT's ``ln_post``, a timm trunk's ``norm``."""
+    for found in (getattr(visual, "ln_post", None), getattr(getattr(visual, "trunk", None), "norm", None)):
+        if isinstance(found, nn.Module) and not isinstance(found, nn.Identity):
+            return found
+    return None

@@ -232,6 +232,7 @@ def _absolute_paths(cfg):
 COUNTS = {"image": "num_images", "text": "num_texts", "object": "num_objects"}
 CHUNK_ROWS = 256
 CHUNK_BYTES = 1 << 20
+READ_BYTES = 256 << 20
 CACHE_BYTES = 64 * 2**20
 Columns = dict[str, Any]  # per-row values of a batch: a list of strings, or an array with one row per item
 
@@ -286,12 +287,15 @@ def _create_column(f: h5py.File, name: str, values: Any) -> None:
                      chunks=(rows, *values.shape[1:]), **extra)
 
 
-def read_embedding_rows(path: Path, rows: int = CHUNK_ROWS * 16) -> Iterator[tuple[Columns, torch.Tensor]]:
-    """``(columns, embeddings)`` batches of an embedding file (none for an empty part)."""
+def read_embedding_rows(path: Path) -> Iterator[tuple[Columns, torch.Tensor]]:
+    """``(columns, embeddings)`` batches of an embedding file (none for an empty part), of up to
+    ``CHUNK_ROWS * 16`` rows and about ``READ_BYTES`` (patch features make rows large)."""
     with h5py.File(path, "r") as f:
         if "embeddings" not in f:
             return
         names = [n for n in f if n != "embeddings"]
+        row_bytes = sum(int(np.prod(f[n].shape[1:])) * f[n].dtype.itemsize for n in f if f[n].dtype.kind != "O")
+        rows = max(1, min(CHUNK_ROWS * 16, READ_BYTES // max(row_bytes, 1)))
         for start in range(0, f["embeddings"].shape[0], rows):
             part = slice(start, start + rows)
             columns = {n: list(f[n].asstr()[part]) if f[n].dtype.kind == "O" else f[n][part] for n in names}
@@ -307,6 +311,9 @@ def _write_sharded(path: Path, kind: str, attributes: dict[str, Any], batches, w
     torch.distributed.barrier()
     if not world.is_main:
         return path, None
+    for part in parts:  # what a rank learnt while embedding (the patch grid), whichever rank embedded
+        with h5py.File(part, "r") as f:
+            attributes.update({k: v for k, v in f.attrs.items() if k.startswith("patch_")})
     rows = write_embeddings(path, kind, attributes, (b for part in parts for b in read_embedding_rows(part)))
     for part in parts:
         part.unlink()

@@ -79,7 +79,7 @@ def run(cfg, args: argparse.Namespace) -> int:
         try:
             step_args = _step_args(args, name, chained)
             step_cfg = load_config(args.config, _overrides(step_args))
-            plan = PLANS[name](step_cfg, step, args)
+            plan = PLANS[name](step_cfg, step, args, previous.get(name))
             if plan is None:
                 step.status = "skipped"
             else:
@@ -89,18 +89,19 @@ def run(cfg, args: argparse.Namespace) -> int:
                 else:
                     step_args.overrides += plan.extra
                     step_cfg = load_config(args.config, _overrides(step_args))
+                    plan.before_run()
                     _run_step(name, step_cfg, step_args)
                     step.status = "ran"
                 step.outputs = [str(p) for p in plan.outputs() if p.exists()]
                 step.metrics = plan.metrics()
                 chained += plan.hand_on(step_cfg)
-        except (ClipcoreError, OSError) as exc:
-            err = exc if isinstance(exc, ClipcoreError) else file_system_error(exc)
-            if err is None:
-                raise
-            step.status, step.error = "failed", err.message
+        except BaseException as exc:  # recorded whatever it is; only clipcore's and file-system errors are reworded
+            err = exc if isinstance(exc, ClipcoreError) else file_system_error(exc) if isinstance(exc, OSError) else None
+            step.status, step.error = "failed", err.message if err else f"{type(exc).__name__}: {exc}"
             step.seconds = round(time.monotonic() - started, 3)
             _finish(record, record_path, "failed")
+            if err is None:
+                raise
             cause = f"{err.where}: {err.what}" if err.where else err.what
             then = f"run again: the steps before {name} are kept and skipped while up to date (record: {record_path})"
             raise ClipcoreError(f"the chain stopped at step {name}: {cause}", where="core run",
@@ -126,34 +127,59 @@ class Plan:
     extra: list[str] = attrs.Factory(list)
     metrics: Callable[[], dict[str, Any]] = dict
     hand_on: Callable[[Any], list[str]] = lambda cfg: []
+    before_run: Callable[[], None] = lambda: None
 
 
-def _train(cfg, step: Step, args) -> Plan:
+def _train(cfg, step: Step, args, before: dict | None) -> Plan:
+    """Hands on ``best.pth`` when this training wrote it (an older one from another run is never
+    taken), else ``latest.pth``; a skipped step hands on what its recorded run handed on."""
     from core.runtime.checkpoint import BEST, LATEST
     from core.tracking import METRICS_FILE, read_metrics
     from core.train.trainer import train_dir
 
     folder = train_dir(cfg)
     pretrained = [Path(cfg.train.pretrained_model_path)] if cfg.train.pretrained_model_path else []
+    this_run: dict[str, Any] = {}  # when the chain trains: best.pth's identity before, and the start time
+
+    def before_run() -> None:
+        this_run.update(best=_identity(folder / BEST), time=time.time())
 
     def checkpoint() -> Path:
-        return folder / BEST if (folder / BEST).exists() else folder / LATEST
+        if not this_run and before and before.get("outputs"):
+            return Path(before["outputs"][0])
+        best = folder / BEST
+        return best if best.exists() and _identity(best) != this_run.get("best") else folder / LATEST
 
     def metrics() -> dict[str, Any]:
-        records = read_metrics(folder / METRICS_FILE) if (folder / METRICS_FILE).is_file() else []
-        validated = [r for r in records if any(k.startswith("val/") for k in r)]
+        if not this_run:
+            return dict(before.get("metrics", {})) if before else {}
+        try:
+            records = read_metrics(folder / METRICS_FILE)
+        except (OSError, ValueError):
+            return {}
+        validated = [r for r in records if r.get("time", 0) >= this_run["time"] and any(k.startswith("val/") for k in r)]
         return {k: v for k, v in validated[-1].items() if k.startswith("val/") or k in ("epoch", "step")} if validated else {}
 
     def hand_on(_cfg) -> list[str]:
         found = checkpoint()
-        console.print(f"train: later steps take {found}" + ("" if found.name == BEST else
-                                                             " (no best.pth: training ran no validation)"), markup=False)
+        console.print(f"train: later steps take {found}" + ("" if found.name != LATEST else
+                                                             " (this training wrote no best.pth: no validation)"),
+                      markup=False)
         return [f"evaluate.checkpoint={found}", f"export.checkpoint={found}"]
 
-    return Plan(pretrained, lambda: [checkpoint()], metrics=metrics, hand_on=hand_on)
+    return Plan(pretrained, lambda: [checkpoint()], metrics=metrics, hand_on=hand_on, before_run=before_run)
 
 
-def _evaluate(cfg, step: Step, args) -> Plan | None:
+def _identity(path: Path) -> tuple[int, int] | None:
+    """A file's inode and modification time (``None`` when it does not exist): a rewrite changes it."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
+def _evaluate(cfg, step: Step, args, before: dict | None) -> Plan | None:
     from core.cli.evaluate import RESULTS_FILE
     from core.spec.load import action_dir
 
@@ -173,7 +199,7 @@ def _evaluate(cfg, step: Step, args) -> Plan | None:
     return Plan(_paths(cfg.evaluate.checkpoint), lambda: [results], metrics=metrics)
 
 
-def _export(cfg, step: Step, args) -> Plan:
+def _export(cfg, step: Step, args, before: dict | None) -> Plan:
     from core.cli.export import output_path
     from core.spec.load import action_dir
 
@@ -189,7 +215,7 @@ def _export(cfg, step: Step, args) -> Plan:
                 hand_on=lambda _cfg: [f"gen_trt_engine.onnx_file={onnx_file}"])
 
 
-def _gen_trt_engine(cfg, step: Step, args) -> Plan | None:
+def _gen_trt_engine(cfg, step: Step, args, before: dict | None) -> Plan | None:
     from core.cli.gen_trt_engine import engine_path
     from core.registry import get_registry
     from core.spec.load import action_dir
@@ -203,8 +229,9 @@ def _gen_trt_engine(cfg, step: Step, args) -> Plan | None:
     onnx_file = Path(cfg.gen_trt_engine.onnx_file)
     step.picked = {"onnx_file": str(onnx_file)}
     console.print(f"gen_trt_engine: picked {onnx_file}", markup=False)
-    inputs = [onnx_file] if onnx_file.is_file() else [p for p in tower_paths(onnx_file) if p.is_file()]
-    return Plan(inputs, lambda: [p for p in [engine, *tower_paths(engine)] if p.exists()] or [engine])
+    towers = [p for p in tower_paths(onnx_file) if p.is_file()]
+    inputs, outputs = ([onnx_file], [engine]) if onnx_file.is_file() or not towers else (towers, tower_paths(engine))
+    return Plan(inputs, lambda: outputs)
 
 
 PLANS: dict[str, Callable[..., Plan | None]] = {"train": _train, "evaluate": _evaluate, "export": _export,
@@ -247,6 +274,8 @@ def _settings(cfg, name: str) -> str:
 def _up_to_date(step: Step, before: dict | None, plan: Plan) -> bool:
     """Done by the last run with the same settings, outputs present and newer than every input."""
     if not before or before.get("status") not in ("ran", "skipped") or before.get("settings") != step.settings:
+        return False
+    if not all(p.exists() for p in plan.inputs):
         return False
     outputs = plan.outputs()
     if not outputs or not all(p.exists() for p in outputs):

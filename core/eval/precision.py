@@ -85,10 +85,12 @@ def calibration_data(cfg, preprocess, tokenizer, out_dir: Path) -> CalibrationDa
     return CalibrationData(np.concatenate(images)[:count], np.concatenate(ids)[:count], skipped)
 
 
-def accuracy_gate(cfg, reference, runner, precision: str, *, key: str = "export.precision") -> dict[str, Any]:
-    """Score ``runner`` (the ``precision`` version of ``reference``) against ``reference`` in fp32
-    on ``dataset.val``; raise :class:`ClipcoreError` (at ``key``) when it fails the gate, else
-    return the record. ``reference`` is a :class:`ClipModel` or a runner of the fp32 export."""
+def accuracy_gate(cfg, reference, runner, precision: str, *, key: str = "export.precision",
+                  reference_name: str = "fp32") -> dict[str, Any]:
+    """Score ``runner`` (the ``precision`` version of ``reference``) against ``reference`` on
+    ``dataset.val``; raise :class:`ClipcoreError` (at ``key``) when it fails the gate, else return
+    the record. ``reference`` is a :class:`ClipModel` (run in fp32) or a runner of an export, named
+    ``reference_name`` in the record and the messages."""
     from core.eval.embed import ModelEncoder, RunnerEncoder
     from core.eval.retrieval import metrics_of, val_embeddings
     from core.runtime.distributed import World
@@ -110,21 +112,21 @@ def accuracy_gate(cfg, reference, runner, precision: str, *, key: str = "export.
               "text": _min_cosine(reference.texts, reduced.texts)}
     drops = {k: 100 * (before[k] - after[k]) for k in GATED_METRICS}
     record = {"dataset": "dataset.val", "images": int(loaded.sum()), "texts": len(reference.texts),
-              "fp32": {k: before[k] for k in GATED_METRICS}, precision: {k: after[k] for k in GATED_METRICS},
+              reference_name: {k: before[k] for k in GATED_METRICS}, precision: {k: after[k] for k in GATED_METRICS},
               "recall_drop_points": drops, "max_recall_drop": ec.max_recall_drop,
               "min_cosine": cosine, "min_cosine_allowed": ec.min_cosine}
     worst = max(drops, key=drops.get)
     if drops[worst] > ec.max_recall_drop:
         raise ClipcoreError(
             f"the {precision} export loses {drops[worst]:.2f} points of {worst} on dataset.val "
-            f"(fp32 {100 * before[worst]:.2f}, {precision} {100 * after[worst]:.2f}; allowed: "
+            f"({reference_name} {100 * before[worst]:.2f}, {precision} {100 * after[worst]:.2f}; allowed: "
             f"{ec.max_recall_drop:g}); nothing was written", where=key,
             fix="keep fp32 (or try fp16), or raise export.max_recall_drop if the loss is acceptable")
     low = min(cosine, key=cosine.get)
     if cosine[low] < ec.min_cosine:
         raise ClipcoreError(
-            f"the {precision} export's {low} embeddings differ from fp32: lowest cosine {cosine[low]:.5f} on "
-            f"dataset.val (allowed: {ec.min_cosine:g}); R@1 fp32 / {precision}: "
+            f"the {precision} export's {low} embeddings differ from {reference_name}: lowest cosine {cosine[low]:.5f} "
+            f"on dataset.val (allowed: {ec.min_cosine:g}); R@1 {reference_name} / {precision}: "
             + ", ".join(f"{k} {100 * before[k]:.2f} / {100 * after[k]:.2f}" for k in GATED_METRICS)
             + "; nothing was written", where=key,
             fix="keep fp32 (or try fp16), or lower export.min_cosine if the difference is acceptable")

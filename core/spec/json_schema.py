@@ -5,6 +5,8 @@ loader does); each field carries its type, its default, a description (the text 
 comments in ``core get-spec``), its enum (``Literal`` types) and its range (the JSON Schema form of
 its :class:`core.fields.Rule`, where JSON Schema can state it). Fields without a default are
 required. An unset optional field may be given as ``null`` (as ``key=null`` on the command line).
+The loader stays the stricter judge in one place: JSON Schema counts ``3.0`` as an integer, and
+the loader (which reads TOML, where ``3.0`` is a float) does not.
 """
 
 from __future__ import annotations

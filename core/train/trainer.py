@@ -178,7 +178,7 @@ class Trainer:
         if m.peft.enabled:  # the adapters alone train (step 3)
             return
         if m.freeze_vision_encoder:
-            self.clip.lock_image_tower(m.vision_unlocked_layers)
+            self.clip.lock_image_tower(m.vision_unlocked_layers, freeze_bn_stats=True)  # frozen means frozen
         if m.freeze_text_encoder:
             self.clip.lock_text_tower(m.text_unlocked_layers)
         if (m.freeze_vision_encoder and m.freeze_text_encoder

@@ -4,9 +4,9 @@ The ranges are measured on the CPU by ONNX Runtime's MinMax calibrator over
 :func:`core.calibration_data` (``export.calibration_images`` training images and their captions),
 preprocessed and tokenised as the export's sidecar says. They are kept in
 ``tensorrt.calibration_cache`` (default ``<engine stem>_<tower>.calib.json`` beside the engine):
-JSON with the ONNX file's sha256, the image count and ``{tensor name: max |activation|}``. A cache
-whose ONNX file and image count match is reused; any other is measured again and replaced
-(atomically). The builder hands each range to its network tensor.
+JSON with the ONNX file's sha256, the image count, a digest of ``dataset.train`` and the data
+seed, and ``{tensor name: max |activation|}``. A cache whose ONNX file, image count and training
+data match is reused; any other is measured again and replaced (atomically). The builder hands each range to its network tensor.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from core import PreprocessSpec, SidecarTokenizer, artifact, calibration_data
+from core import ConfigError, PreprocessSpec, SidecarTokenizer, artifact, calibration_data
 
 log = logging.getLogger("clipcore.gen_trt_engine")
 CACHE_SUFFIX = ".calib.json"
@@ -58,6 +58,14 @@ def _preprocess(artifacts: artifact.Artifacts) -> PreprocessSpec:
                           resize_mode=spec["resize_mode"], interpolation=spec["interpolation"])
 
 
+def _data_digest(cfg) -> str:
+    """What decides which training images calibrate: the training data section and the data seed."""
+    import attrs
+
+    section = json.dumps([attrs.asdict(cfg.dataset.train), cfg.dataset.seed], sort_keys=True, default=str)
+    return hashlib.sha256(section.encode()).hexdigest()[:16]
+
+
 def _fingerprint(onnx_path: Path, artifacts: artifact.Artifacts) -> str:
     digest = hashlib.sha256()
     external = artifacts.deploy.get("external_data", {}).get(onnx_path.name)
@@ -75,15 +83,16 @@ def activation_ranges(cfg, onnx_path: Path, artifacts: artifact.Artifacts, cache
     if cache.is_file():
         try:
             found = json.loads(cache.read_text(encoding="utf-8"))
-            if found.get("onnx_sha256") == fingerprint and found.get("calibration_images") == count:
+            if (found.get("onnx_sha256"), found.get("calibration_images"), found.get("data")) == (
+                    fingerprint, count, _data_digest(cfg)):
                 log.info("int8 ranges of %s: reusing %s", onnx_path.name, cache)
                 return {k: float(v) for k, v in found["ranges"].items()}
         except (ValueError, KeyError, AttributeError):
             pass
-        log.warning("%s was made for another ONNX file or image count: calibrating again", cache)
+        log.warning("%s was made for another ONNX file, training data or image count: calibrating again", cache)
     ranges = _measure(cfg, onnx_path, artifacts, cache.parent)
-    doc = {"onnx": onnx_path.name, "onnx_sha256": fingerprint, "calibration_images": count, "method": "minmax",
-           "ranges": ranges}
+    doc = {"onnx": onnx_path.name, "onnx_sha256": fingerprint, "calibration_images": count, "data": _data_digest(cfg),
+           "method": "minmax", "ranges": ranges}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
@@ -99,9 +108,15 @@ def _measure(cfg, onnx_path: Path, artifacts: artifact.Artifacts, out_dir: Path)
     inputs = [i.name for i in graph.input]
     static = [d.dim_value for i in graph.input for d in i.type.tensor_type.shape.dim[:1] if d.HasField("dim_value")]
 
+    batches = list(calibration.feeds(inputs, static[0] if static else -1))
+    if not batches:
+        raise ConfigError(f"{len(calibration.images)} calibration images are fewer than the export's static batch "
+                          f"of {static[0]}", where="export.calibration_images",
+                          fix=f"raise export.calibration_images to at least {static[0]} (readable training images)")
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = calibration.feeds(inputs, static[0] if static else -1)
+            self.batches = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)

@@ -136,3 +136,17 @@ def test_asking_for_an_engine_without_a_builder_fails_the_chain_with_the_reason(
     assert "the chain stopped at step gen_trt_engine" in capsys.readouterr().err
     statuses = [s["status"] for s in steps(results).values()]
     assert statuses[:2] == ["skipped", "skipped"] and statuses[-1] == "failed" and len(statuses) == 4
+
+
+def test_an_older_best_checkpoint_is_never_handed_on(chain, capsys):
+    """A retraining that writes no best.pth (no validation data) hands on its latest.pth, not the
+    best.pth an earlier run left in the folder."""
+    spec, results = chain
+    assert (results / "train" / "best.pth").is_file()
+    assert main(["run", "-c", str(spec), "--until", "export", "--force", "dataset.val.datasets=[]"]) == 0
+    done = steps(results)
+    latest = str(results / "train" / "latest.pth")
+    assert done["train"]["outputs"] == [latest] and done["train"]["metrics"] == {}
+    assert done["evaluate"]["status"] == "skipped" and "nothing to evaluate" in done["evaluate"]["reason"]
+    assert done["export"]["picked"] == {"checkpoint": latest}
+    assert "(this training wrote no best.pth: no validation)" in capsys.readouterr().err

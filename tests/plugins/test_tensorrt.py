@@ -286,3 +286,16 @@ def test_int8_engines_pass_the_gate_and_record_it(tiny_example_model, pairs_data
     engine = yaml.safe_load((tmp_path / "e_config.yaml").read_text())["deploy"]["engine"]
     assert engine["data_type"] == "int8" and engine["precision_gate"]["int8"].keys() == {"i2t_R@1", "t2i_R@1"}
     assert (tmp_path / "e_vision.calib.json").is_file() == (source == "fp32")
+
+
+def test_int8_calibration_needs_a_static_batch_of_images(pairs_data, tmp_path, tiny_example_model, exports):
+    from core import artifact
+    from deploy.tensorrt.calibration import activation_ranges
+
+    export_onnx(tiny_example_model, exports.config(tmp_path / "s.onnx", batch_size=16, input_height=32, input_width=32))
+    artifacts = artifact.locate(tmp_path / "s.onnx", (".onnx",), key="onnx_file")
+    cfg = int8_config(pairs_data, tmp_path / "s.onnx", tmp_path / "e.engine")
+    cfg.export.calibration_images = 8
+    with pytest.raises(ConfigError, match="export.calibration_images: 8 calibration images are fewer than the "
+                                          "export's static batch of 16"):
+        activation_ranges(cfg, tmp_path / "s.onnx", artifacts, tmp_path / "e.calib.json")
