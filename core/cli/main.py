@@ -109,8 +109,28 @@ def action_overrides(args: argparse.Namespace, action: str) -> list[str]:
     return out + list(args.overrides)
 
 
+def show_logs() -> None:
+    """Print the INFO (and higher) records of clipcore and of the installed plugins' packages on
+    stderr, once per process (without it Python shows warnings only, unformatted)."""
+    import logging
+    from importlib.metadata import entry_points
+
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    packages = {ep.value.partition(":")[0].split(".")[0] for ep in entry_points(group="clipcore.plugins")}
+    for name in sorted({"clipcore", *packages}):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "clipcore_cli", False) for h in logger.handlers):
+            handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+            handler.clipcore_cli = True
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_logs()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

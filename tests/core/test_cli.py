@@ -50,3 +50,18 @@ def test_process_count_must_match_the_actions_num_gpus(monkeypatch):
         init_world(cfg.evaluate, "evaluate")
     assert str(err.value).startswith("evaluate.num_gpus: torchrun started WORLD_SIZE=2 processes")
     assert "evaluate.num_gpus = 1" in str(err.value) and "-g 2" in str(err.value)
+
+
+def test_commands_show_info_logs_of_clipcore_and_plugin_packages(capsys):
+    import logging
+
+    from core.cli.main import show_logs
+
+    show_logs()
+    show_logs()  # once per process: no second handler
+    assert sum(getattr(h, "clipcore_cli", False) for h in logging.getLogger("clipcore").handlers) == 1
+    logging.getLogger("clipcore.data").info("indexed 12 images")
+    logging.getLogger("backbones.siglip2.loading").info("a plugin's note")
+    logging.getLogger("urllib3.connectionpool").info("a library's chatter")
+    err = capsys.readouterr().err
+    assert "indexed 12 images" in err and "a plugin's note" in err and "chatter" not in err
