@@ -237,7 +237,8 @@ class ClipModel(nn.Module):
         return out
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
-        """Freeze the image tower except its last ``unlocked_groups`` blocks. BatchNorm running
+        """Freeze the image tower except its last ``unlocked_groups`` blocks (unlike open_clip, a
+        group is always a block: the head after the last block stays frozen). BatchNorm running
         statistics of the frozen part keep updating in training mode unless ``freeze_bn_stats``."""
         _lock(self.vision_tower, self.vision_blocks(), unlocked_groups)
         for module in self.vision_tower.modules():
@@ -286,6 +287,9 @@ def is_layer_norm(module: nn.Module) -> bool:
 
 
 def _lock(tower: nn.Module, blocks: Sequence[nn.Module], unlocked: int) -> None:
+    if unlocked < 0:
+        raise ClipcoreError(f"cannot leave {unlocked} blocks unlocked", where="lock_*_tower",
+                            fix="give 0 (all frozen) or the number of last blocks to keep training")
     for p in tower.parameters():
         p.requires_grad_(False)
     if unlocked > 0:

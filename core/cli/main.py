@@ -133,7 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_logs()
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, rest = parser.parse_known_args(argv)
+        # dotted overrides may also follow an action's options (argparse takes positionals only once)
+        overrides = [a for a in rest if "=" in a and not a.startswith("-")] if args._command.action else []
+        if len(overrides) != len(rest):
+            parser.error("unrecognized arguments: " + " ".join(a for a in rest if a not in overrides))
+        if overrides:
+            args.overrides = list(args.overrides) + overrides
         if args._command.action:
             from core import spec
 

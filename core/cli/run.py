@@ -6,15 +6,17 @@ evaluate and export get ``checkpoint=<results_dir>/train/best.pth`` (``latest.pt
 had no validation), gen_trt_engine gets ``onnx_file=`` the export. Each step is checked
 (``core validate``'s rules) just before it runs and logs what it picked.
 
-- A step is **skipped** when the last run recorded it as done with the same settings (the spec
+- A step is **skipped** when ``run.json`` records it as done with the same settings (the spec
   sections it reads) and its outputs exist and are newer than its inputs; ``--force`` redoes
-  every step.
+  every step. A step's done record survives runs that stop before it, or that are refused by its
+  rules; it is dropped the moment the step starts replacing its outputs.
 - evaluate is skipped when there is nothing to score (no ``dataset.val`` data, no
   ``evaluate.classification_dir``); gen_trt_engine when no engine builder can run on this machine
   (the reason is logged), unless ``--until gen_trt_engine`` asks for it.
 - A failing step stops the chain with its message; the earlier steps' outputs stay as they are.
-- ``<results_dir>/run.json`` records every step (status, seconds, what it picked, its outputs,
-  key metrics, or its error), rewritten atomically after each step.
+- ``<results_dir>/run.json`` records this run's steps (status, seconds, what it picked, its
+  outputs, key metrics, or its error) and, under ``done``, the last completed record of every step;
+  it is rewritten atomically after each step.
 """
 
 from __future__ import annotations
@@ -64,13 +66,17 @@ class Step:
 
 
 def run(cfg, args: argparse.Namespace) -> int:
+    from core import spec
+    from core.cli.main import COMMANDS
     from core.spec.load import load_config
 
     record_path = Path(cfg.results_dir) / RUN_FILE
-    previous = {s["name"]: s for s in _read_record(record_path).get("steps", [])}
+    found = _read_record(record_path)
+    done: dict[str, dict] = found.get("done") or {s["name"]: s for s in found.get("steps", [])
+                                                  if s.get("status") in ("ran", "skipped") and s.get("settings")}
     steps: list[Step] = []
     record = {"spec": args.config, "overrides": list(args.overrides), "until": args.until, "force": args.force,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", "steps": steps}
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running", "steps": steps, "done": done}
     chained: list[str] = []  # the dotted overrides that pass artefacts down the chain
     for name in STEPS[: STEPS.index(args.until or STEPS[-1]) + 1]:
         step = Step(name)
@@ -79,21 +85,25 @@ def run(cfg, args: argparse.Namespace) -> int:
         try:
             step_args = _step_args(args, name, chained)
             step_cfg = load_config(args.config, _overrides(step_args))
-            plan = PLANS[name](step_cfg, step, args, previous.get(name))
+            plan = PLANS[name](step_cfg, step, args, done.get(name))
             if plan is None:
                 step.status = "skipped"
             else:
                 step.settings = _settings(step_cfg, name)
-                if not args.force and _up_to_date(step, previous.get(name), plan):
+                if not args.force and _up_to_date(step, done.get(name), plan):
                     step.status, step.reason = "skipped", "outputs up to date (--force redoes it)"
                 else:
                     step_args.overrides += plan.extra
                     step_cfg = load_config(args.config, _overrides(step_args))
+                    spec.check(step_cfg, name)  # a refused step leaves its last done record as it was
+                    done.pop(name, None)  # from here on its outputs are being replaced
+                    _write_record(record, record_path)
                     plan.before_run()
-                    _run_step(name, step_cfg, step_args)
+                    importlib.import_module(COMMANDS[name].module).run(step_cfg, step_args)
                     step.status = "ran"
                 step.outputs = [str(p) for p in plan.outputs() if p.exists()]
                 step.metrics = plan.metrics()
+                done[name] = attrs.asdict(step)
                 chained += plan.hand_on(step_cfg)
         except BaseException as exc:  # recorded whatever it is; only clipcore's and file-system errors are reworded
             err = exc if isinstance(exc, ClipcoreError) else file_system_error(exc) if isinstance(exc, OSError) else None
@@ -253,14 +263,6 @@ def _overrides(step_args: argparse.Namespace) -> list[str]:
     from core.cli.main import action_overrides
 
     return action_overrides(step_args, step_args.command)
-
-
-def _run_step(name: str, cfg, step_args: argparse.Namespace) -> None:
-    from core import spec
-    from core.cli.main import COMMANDS
-
-    spec.check(cfg, name)
-    importlib.import_module(COMMANDS[name].module).run(cfg, step_args)
 
 
 def _settings(cfg, name: str) -> str:

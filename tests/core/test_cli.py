@@ -65,3 +65,15 @@ def test_commands_show_info_logs_of_clipcore_and_plugin_packages(capsys):
     logging.getLogger("urllib3.connectionpool").info("a library's chatter")
     err = capsys.readouterr().err
     assert "indexed 12 images" in err and "a plugin's note" in err and "chatter" not in err
+
+
+def test_overrides_may_follow_an_actions_options(tmp_path, capsys):
+    spec = tmp_path / "clip.toml"
+    spec.write_text('[model]\ntype = "example-tiny"\npretrained = false\nimage_size = 32\n')
+    assert main(["export", "-c", str(spec), "--encoder", "separate", "export.input_height=32",
+                 "export.input_width=32", "results_dir=" + str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "export").glob("*.onnx")) == ["example-tiny_text.onnx",
+                                                                          "example-tiny_vision.onnx"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["export", "-c", str(spec), "--encoder", "separate", "--bogus"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

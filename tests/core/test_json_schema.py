@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import typing
 from pathlib import Path
@@ -75,6 +76,9 @@ def test_an_action_schema_puts_its_sections_first(tmp_path, capsys):
     assert main(["get-spec", "--format", "json-schema", "--action", "export", "-o", str(target)]) == 0
     found = json.loads(target.read_text())
     assert list(found["properties"])[:2] == ["model", "export"] and "`core export` reads" in found["description"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable, as a plain open() creates files
     assert main(["get-spec", "--format", "json-schema", "-o", str(target)]) == 2
     assert "already exists" in capsys.readouterr().err
 

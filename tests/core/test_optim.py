@@ -100,3 +100,13 @@ def test_unknown_scheduler_is_a_config_error():
     bad = attrs.evolve(OptimConfig(), scheduler="step")
     with pytest.raises(ConfigError, match="train.optim.scheduler"):
         build_scheduler(opt, bad, 10)
+
+
+def test_negative_unlocked_counts_are_refused():
+    from clipcore_example_backbone.plugin import TinyClip
+
+    from core.errors import ClipcoreError
+
+    model = TinyClip("example-tiny")
+    with pytest.raises(ClipcoreError, match="cannot leave -1 blocks unlocked"):
+        model.lock_text_tower(-1)

@@ -117,6 +117,12 @@ def test_a_failing_step_stops_the_chain_and_keeps_earlier_outputs(chain, capsys)
     assert found["status"] == "failed" and [s["status"] for s in found["steps"]] == ["skipped", "skipped", "failed"]
     assert "input size 48x32" in found["steps"][-1]["error"]
     assert {p: p.stat().st_mtime for p in sorted((results / "export").iterdir())} == stamps  # nothing touched
+    # a step its rules refuse changes nothing: the next run still skips what was done
+    assert main(["run", "-c", str(spec), "--force", "train.validation_interval=5"]) == 2
+    assert "train.validation_interval" in capsys.readouterr().err
+    assert main(["run", "-c", str(spec), "--until", "evaluate"]) == 0
+    assert [s["status"] for s in steps(results).values()] == ["skipped", "skipped"]
+    assert set(record(results)["done"]) >= {"train", "evaluate"}
 
 
 def test_a_step_that_fails_its_rules_stops_the_chain(chain, tmp_path, capsys):
