@@ -132,7 +132,11 @@ def get_json_schema(action: str | None = None, registry: Registry | None = None)
     """The spec's JSON Schema (draft 2020-12) as text; ``action``'s sections come first."""
     _check_action(action)
     title = f"clipcore experiment spec{f' for `core {action}`' if action else ''}"
-    schema = json_schema(_plugin_sections(registry), title=title, first=ACTION_SECTIONS.get(action, ()))
+    registry = get_registry() if registry is None else registry
+    formats = sorted(registry.entries["dataset_formats"])
+    names = {"train.loss_type": sorted(registry.entries["losses"]),
+             **{f"dataset.{split}.type": formats for split in ("train", "val", "reference")}}
+    schema = json_schema(_plugin_sections(registry), title=title, first=ACTION_SECTIONS.get(action, ()), names=names)
     if action in ACTION_SECTIONS:
         schema["description"] = (f"`core {action}` reads " + ", ".join(ACTION_SECTIONS[action])
                                  + "; it ignores the other sections.")

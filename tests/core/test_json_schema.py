@@ -182,3 +182,22 @@ def test_the_schema_matches_the_loader_field_by_field(schema):
                 assert kind.is_valid(sample) == fits(sample, f.type), f"{where}: {sample!r}"
             checked += 1
     assert checked > 150
+
+
+def test_plugin_names_are_the_installed_ones(schema, tmp_path, capsys):
+    import tomli_w
+
+    from core.registry import get_registry
+
+    train = schema["properties"]["train"]["properties"]["loss_type"]
+    assert train["enum"] == sorted(get_registry().entries["losses"]) and "clip" in train["enum"]
+    fmt = schema["properties"]["dataset"]["properties"]["val"]["properties"]["type"]
+    assert fmt["enum"] == sorted(get_registry().entries["dataset_formats"])
+    assert schema["properties"]["model"]["properties"]["type"]["type"] == "string"  # open-ended names stay strings
+    doc = tomli.loads(get_spec())
+    doc["train"]["loss_type"] = "clipp"
+    assert not validator(schema).is_valid(doc)
+    spec = tmp_path / "clip.toml"
+    spec.write_text(tomli_w.dumps(doc))
+    assert main(["validate", "-c", str(spec), "--action", "train", "--skip-path-checks"]) == 2
+    assert "train.loss_type" in capsys.readouterr().err
