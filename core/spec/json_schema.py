@@ -5,8 +5,8 @@ loader does); each field carries its type, its default, a description (the text 
 comments in ``core get-spec``), its enum (``Literal`` types) and its range (the JSON Schema form of
 its :class:`core.fields.Rule`, where JSON Schema can state it). Fields without a default are
 required. A field naming a registered plugin (``train.loss_type``, ``dataset.*.type``) gets the
-enum of the installed names; ``model.type`` stays a string (families may accept open-ended names
-such as ``openclip:<Name>``). An unset optional field may be given as ``null`` (as ``key=null`` on the command line).
+enum of the installed names; ``model.type`` stays a string (a family may accept open-ended names,
+``family:<variant>``). An unset optional field may be given as ``null`` (as ``key=null`` on the command line).
 The loader stays the stricter judge in one place: JSON Schema counts ``3.0`` as an integer, and
 the loader (which reads TOML, where ``3.0`` is a float) does not.
 """
